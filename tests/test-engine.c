@@ -1,0 +1,499 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Check suite for the engine (lib/dedup-engine.h) over the in-memory backend. */
+
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "dedup-table.h"
+#include "engine-backend.h"
+
+static Backend B;
+static DedupEngineStats S;
+
+/* nvms VMs of per pages each, VM v in group groups[v] (or 0). */
+static void setup_vms(uint32_t nvms, uint32_t per, const uint16_t *groups) {
+        ck_assert_int_eq(backend_init(&B, nvms * per), 0);
+        for (uint32_t v = 0; v < nvms; v++) {
+                uint32_t vm;
+                dedup_page_t first;
+                ck_assert_int_eq(dedup_engine_add_vm(B.e, groups ? groups[v] : 0, &vm), 0);
+                ck_assert_int_eq(dedup_engine_add_region(B.e, vm, per, &first), 0);
+                ck_assert_uint_eq(first, v * per);
+        }
+}
+
+static void teardown(void) {
+        backend_done(&B);
+}
+
+static void verify(void) {
+        const char *why = NULL;
+        int r = dedup_engine_verify(B.e, &why);
+
+        ck_assert_msg(r == 0, "engine inconsistent: %s", why);
+        why = backend_check(&B, NULL);
+        ck_assert_msg(!why, "backend: %s", why);
+        ck_assert_uint_eq(B.bad_merges, 0);
+        dedup_engine_stats(B.e, &S);
+}
+
+/* A removed VM's memory is gone with its VMM. */
+static void forget_pages(dedup_page_t first, uint32_t n) {
+        for (dedup_page_t p = first; p < first + n; p++)
+                B.map[p] = BE_OWN;
+}
+
+static void scan_all(unsigned times) {
+        for (unsigned i = 0; i < times; i++) {
+                ck_assert_int_eq(backend_scan(&B, 0, B.npages, 0), 0);
+                ck_assert_int_eq(dedup_engine_full_scan_done(B.e), 0);
+                verify();
+        }
+}
+
+/* --- table --- */
+
+static uint32_t keys[4096];
+static uint32_t key_of(const void *ctx, uint32_t v) {
+        return keys[v];
+}
+
+START_TEST(test_table_collisions) {
+        Table t = {};
+        TableIter it;
+        uint32_t v, present[4096] = {};
+
+        /* Few distinct keys: long clusters, many same-key entries. */
+        for (uint32_t i = 0; i < 4096; i++)
+                keys[i] = (uint32_t) (i % 7) * 0x9e3779b9u;
+        for (uint32_t i = 0; i < 4096; i++)
+                ck_assert_int_eq(table_insert(&t, keys[i], i, key_of, NULL), 0);
+        srand(1);
+        for (uint32_t round = 0; round < 3000; round++) {
+                uint32_t i = (uint32_t) rand() % 4096;
+                bool was = !present[i];
+                ck_assert_int_eq(table_remove(&t, keys[i], i, key_of, NULL), was);
+                present[i] = 1;
+        }
+        for (uint32_t k = 0; k < 7; k++) {
+                uint32_t seen = 0, want = 0;
+                for (uint32_t i = k; i < 4096; i += 7)
+                        want += !present[i];
+                table_iter_init(&t, k * 0x9e3779b9u, &it);
+                while ((v = table_iter_next(&t, &it)) != TABLE_EMPTY)
+                        if (keys[v] == k * 0x9e3779b9u) {
+                                ck_assert(!present[v]);
+                                seen++;
+                        }
+                ck_assert_uint_eq(seen, want);
+        }
+        table_clear(&t);
+}
+END_TEST
+
+/* --- merging --- */
+
+START_TEST(test_merge_two_vms) {
+        setup_vms(2, 64, NULL);
+        for (uint32_t p = 0; p < 64; p++)
+                B.cid[p] = B.cid[64 + p] = 1000 + p;
+        scan_all(1);
+        ck_assert_uint_eq(S.pages_volatile, 128);       /* first sight: checksum only */
+        ck_assert_uint_eq(S.pages_shared, 0);
+        scan_all(1);
+        ck_assert_uint_eq(S.pages_shared, 64);
+        ck_assert_uint_eq(S.pages_sharing, 64);
+        ck_assert_uint_eq(S.pages_unshared, 0);
+        ck_assert_uint_eq(S.pages_volatile, 0);
+        ck_assert_uint_eq(B.live_canon, 64);
+        ck_assert_uint_eq(S.full_scans, 2);
+        ck_assert_uint_eq(S.pages_scanned, 128 + 128);
+}
+END_TEST
+
+START_TEST(test_stable_hit_first_sight) {
+        setup_vms(3, 16, NULL);
+        for (uint32_t p = 0; p < 16; p++)
+                B.cid[p] = B.cid[16 + p] = 7;
+        /* VM 2 shows the content only after it is stable. */
+        for (uint32_t p = 0; p < 16; p++)
+                B.cid[32 + p] = 100 + p;
+        scan_all(2);
+        ck_assert_uint_eq(S.pages_shared, 1);
+        ck_assert_uint_eq(S.pages_sharing, 31);
+        for (uint32_t p = 0; p < 16; p++)
+                backend_write(&B, 32 + p, 7);
+        scan_all(1);
+        /* A stable-tree hit merges at once, no volatility round. */
+        ck_assert_uint_eq(S.pages_sharing, 47);
+        ck_assert_uint_eq(B.live_canon, 1);
+}
+END_TEST
+
+START_TEST(test_hash_collisions_never_merge) {
+        setup_vms(2, 32, NULL);
+        B.force_hash = true;            /* every page hashes alike */
+        for (uint32_t p = 0; p < 32; p++) {
+                B.cid[p] = 500 + p;
+                B.cid[32 + p] = 500 + (p % 4 == 0 ? p : 1000 + p);
+        }
+        scan_all(3);
+        /* Only the 8 truly equal pairs merged, nothing else. */
+        ck_assert_uint_eq(S.pages_shared, 8);
+        ck_assert_uint_eq(S.pages_sharing, 8);
+        ck_assert_uint_eq(S.pages_unshared, 48);
+        for (uint32_t p = 0; p < 64; p++)
+                ck_assert_uint_eq(backend_visible(&B, p), B.cid[p] ? B.cid[p] : 0);
+}
+END_TEST
+
+START_TEST(test_volatility_filter) {
+        setup_vms(2, 8, NULL);
+        dedup_engine_set_smart_scan(B.e, false);
+        for (uint32_t p = 0; p < 8; p++)
+                B.cid[p] = B.cid[8 + p] = 50 + p;
+        for (unsigned round = 0; round < 5; round++) {
+                /* Pages 0..3 of VM 0 change every scan: never in a tree. */
+                for (uint32_t p = 0; p < 4; p++)
+                        backend_write(&B, p, 9000 + round * 10 + p);
+                scan_all(1);
+        }
+        ck_assert_uint_eq(S.pages_volatile, 4);
+        ck_assert_uint_eq(S.pages_shared, 4);           /* pages 4..7 merged */
+        ck_assert_uint_eq(S.pages_unshared, 4);         /* VM 1's 0..3 wait unshared */
+}
+END_TEST
+
+START_TEST(test_zero_pages) {
+        setup_vms(2, 32, NULL);
+        for (uint32_t p = 0; p < 16; p++)
+                B.cid[p] = 60 + p;
+        scan_all(1);
+        /* Zero pages merge at first sight, counted apart from sharing. */
+        ck_assert_uint_eq(S.zero_pages, 48);
+        ck_assert_uint_eq(S.pages_shared, 0);
+        ck_assert_uint_eq(B.live_canon, 0);
+        backend_write(&B, 40, 77);
+        verify();
+        ck_assert_uint_eq(S.zero_pages, 47);
+        ck_assert_uint_eq(S.unmerges, 1);
+        dedup_engine_set_use_zero_pages(B.e, false);
+        ck_assert_int_eq(dedup_engine_unmerge_all(B.e, 1000), 0);
+        verify();
+        scan_all(2);
+        /* Without UseZeroPages, zero pages merge like any content. */
+        ck_assert_uint_eq(S.zero_pages, 0);
+        ck_assert_uint_eq(S.pages_shared, 1);
+        ck_assert_uint_eq(S.pages_sharing, 46);
+}
+END_TEST
+
+START_TEST(test_groups_isolated) {
+        static const uint16_t groups[] = { 1, 2, 1 };
+
+        setup_vms(3, 16, groups);
+        for (uint32_t p = 0; p < 48; p++)
+                B.cid[p] = 300 + p % 16;
+        scan_all(3);
+        /* VMs 0 and 2 share; VM 1 (group 2) has no partner. */
+        ck_assert_uint_eq(S.pages_shared, 16);
+        ck_assert_uint_eq(S.pages_sharing, 16);
+        ck_assert_uint_eq(S.pages_unshared, 16);
+        for (uint32_t p = 16; p < 32; p++)
+                ck_assert_int_eq(dedup_engine_page_state(B.e, p), DEDUP_PAGE_UNSTABLE);
+        /* Moving a VM with merged pages between groups is refused. */
+        ck_assert_int_eq(dedup_engine_set_vm_group(B.e, 0, 2), -EBUSY);
+        ck_assert_int_eq(dedup_engine_set_vm_group(B.e, 1, 1), 0);
+        scan_all(2);
+        ck_assert_uint_eq(S.pages_sharing, 32);
+}
+END_TEST
+
+/* --- chains and dups --- */
+
+START_TEST(test_chain_at_limit) {
+        setup_vms(8, 1, NULL);
+        ck_assert_int_eq(dedup_engine_set_max_page_sharing(B.e, 2), 0);
+        for (uint32_t p = 0; p < 8; p++)
+                B.cid[p] = 4242;
+        scan_all(3);
+        /* 8 sharers, at most 2 per canonical page: one chain of 4 dups. */
+        ck_assert_uint_eq(S.pages_shared, 4);
+        ck_assert_uint_eq(S.pages_sharing, 4);
+        ck_assert_uint_eq(S.stable_node_chains, 1);
+        ck_assert_uint_eq(S.stable_node_dups, 4);
+        ck_assert_uint_eq(B.live_canon, 4);
+
+        /* Empty two dups: their pages are freed at once, the dups go stale. */
+        for (uint32_t p = 0; p < 4; p++)
+                backend_write(&B, p, 10 + p);
+        verify();
+        ck_assert_uint_eq(B.live_canon, 2);
+        ck_assert_uint_eq(S.stable_node_dups, 4);
+        /* Pruned only when StableNodeChainsPruneMillisecs have passed. */
+        B.now += 1000;
+        scan_all(1);
+        ck_assert_uint_eq(S.stable_node_dups, 4);
+        B.now += 1000;
+        scan_all(1);
+        ck_assert_uint_eq(S.stable_node_dups, 2);
+        ck_assert_uint_eq(S.stable_node_chains, 1);
+
+        /* One more dup empty: the chain collapses into a plain node. */
+        backend_write(&B, 4, 99);
+        backend_write(&B, 5, 98);
+        B.now += 2000;
+        scan_all(1);
+        ck_assert_uint_eq(S.stable_node_chains, 0);
+        ck_assert_uint_eq(S.stable_node_dups, 0);
+        ck_assert_uint_eq(S.pages_shared, 1);
+        ck_assert_uint_eq(S.pages_sharing, 1);
+}
+END_TEST
+
+START_TEST(test_ebusy_rules) {
+        setup_vms(2, 4, NULL);
+        ck_assert_int_eq(dedup_engine_set_max_page_sharing(B.e, 1), -EINVAL);
+        ck_assert_int_eq(dedup_engine_set_max_page_sharing(B.e, DEDUP_MAX_PAGE_SHARING_MAX + 1), -EINVAL);
+        for (uint32_t p = 0; p < 8; p++)
+                B.cid[p] = 5 + p % 4;
+        scan_all(2);
+        ck_assert_uint_eq(S.pages_shared, 4);
+        ck_assert_int_eq(dedup_engine_set_max_page_sharing(B.e, 8), -EBUSY);
+        ck_assert_int_eq(dedup_engine_set_merge_across_nodes(B.e, false), -EBUSY);
+        ck_assert_uint_eq(dedup_engine_get_max_page_sharing(B.e), 256);
+        ck_assert(dedup_engine_get_merge_across_nodes(B.e));
+        /* Same value is not a change. */
+        ck_assert_int_eq(dedup_engine_set_max_page_sharing(B.e, 256), 0);
+        while (dedup_engine_unmerge_all(B.e, 3) > 0)
+                ;
+        verify();
+        ck_assert_int_eq(dedup_engine_set_max_page_sharing(B.e, 8), 0);
+        ck_assert_int_eq(dedup_engine_set_merge_across_nodes(B.e, false), 0);
+}
+END_TEST
+
+/* --- NUMA --- */
+
+START_TEST(test_numa_trees_and_migration) {
+        setup_vms(4, 4, NULL);
+        ck_assert_int_eq(dedup_engine_set_merge_across_nodes(B.e, false), 0);
+        for (uint32_t p = 0; p < 16; p++)
+                B.cid[p] = 777;
+        /* VMs 0,1 on node 0; VMs 2,3 on node 1: one canonical page each. */
+        for (unsigned i = 0; i < 2; i++) {
+                ck_assert_int_eq(backend_scan(&B, 0, 8, 0), 0);
+                ck_assert_int_eq(backend_scan(&B, 8, 8, 1), 0);
+                ck_assert_int_eq(dedup_engine_full_scan_done(B.e), 0);
+                verify();
+        }
+        ck_assert_uint_eq(S.pages_shared, 2);
+        ck_assert_uint_eq(S.pages_sharing, 14);
+        ck_assert_uint_eq(S.stable_node_chains, 0);
+        for (uint32_t l = 0; l < B.ncanon; l++)
+                if (B.canon_cid[l] != UINT64_MAX)
+                        ck_assert_int_eq(B.canon_nid[l], l == B.mapped_loc[0] ? 0 : 1);
+
+        /* The kernel migrates node 0's canonical page to node 1: it moves
+         * to node 1's tree and collides there with the other as a dup. */
+        B.canon_nid[B.mapped_loc[0]] = 1;
+        ck_assert_int_eq(dedup_engine_full_scan_done(B.e), 0);
+        verify();
+        ck_assert_uint_eq(S.stable_node_chains, 1);
+        ck_assert_uint_eq(S.stable_node_dups, 2);
+        ck_assert_uint_eq(S.pages_shared, 2);
+
+        /* A new page on node 1 now finds the content in node 1's tree. */
+        backend_write(&B, 9, 1);
+        scan_all(1);
+        backend_write(&B, 9, 777);
+        ck_assert_int_eq(backend_scan(&B, 8, 8, 1), 0);
+        verify();
+        ck_assert_uint_eq(S.pages_sharing, 14);
+}
+END_TEST
+
+/* --- async completion, aborts, unmerge --- */
+
+START_TEST(test_async_abort) {
+        setup_vms(2, 8, NULL);
+        B.async = true;
+        for (uint32_t p = 0; p < 16; p++)
+                B.cid[p] = 800 + p % 8;
+        scan_all(2);
+        ck_assert_uint_eq(S.pages_pending, 16);
+        ck_assert_uint_eq(S.pages_shared, 0);
+        /* Guest writes page 3 while its merge is in flight. */
+        backend_write(&B, 3, 12345);
+        for (uint32_t p = 0; p < 16; p++)
+                backend_complete(&B, p);
+        verify();
+        ck_assert_uint_eq(S.merge_aborts, 1);
+        ck_assert_uint_eq(S.pages_shared, 8);           /* page 11 alone on its canonical page */
+        ck_assert_uint_eq(S.pages_sharing, 7);
+        ck_assert_uint_eq(backend_visible(&B, 3), 12345);
+        ck_assert_int_eq(dedup_engine_remove_vm(B.e, 0, 100), 0);
+        forget_pages(0, 8);
+        verify();
+        ck_assert_uint_eq(S.pages_sharing, 0);
+        ck_assert_uint_eq(S.pages_shared, 8);
+}
+END_TEST
+
+START_TEST(test_remove_vm_busy_and_incremental) {
+        setup_vms(2, 1000, NULL);
+        for (uint32_t p = 0; p < 2000; p++)
+                B.cid[p] = 1 + p % 1000;
+        scan_all(2);
+        ck_assert_uint_eq(S.pages_sharing, 1000);
+        B.async = true;
+        ck_assert_int_eq(dedup_engine_unmerge_vm(B.e, 1, 1), 1);
+        ck_assert_int_eq(dedup_engine_remove_vm(B.e, 1, 100), -EBUSY);
+        backend_complete(&B, 1000);
+        unsigned calls = 0;
+        int r;
+        while ((r = dedup_engine_remove_vm(B.e, 1, 100)) == 1)
+                calls++;
+        ck_assert_int_eq(r, 0);
+        ck_assert_uint_ge(calls, 9);
+        forget_pages(1000, 1000);
+        verify();
+        ck_assert_uint_eq(S.pages_sharing, 0);
+        ck_assert_uint_eq(S.pages_shared, 1000);  /* VM 0's pages keep theirs */
+        ck_assert_uint_eq(S.pages_tracked, 1000);
+        /* The freed ids are reused by the next region. */
+        uint32_t vm;
+        dedup_page_t first;
+        ck_assert_int_eq(dedup_engine_add_vm(B.e, 0, &vm), 0);
+        ck_assert_int_eq(dedup_engine_add_region(B.e, vm, 500, &first), 0);
+        ck_assert_uint_eq(first, 1000);
+}
+END_TEST
+
+static double now_s(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+START_TEST(test_unmerge_all_bounded) {
+        const uint32_t n = 1u << 20;
+        uint64_t before;
+        double worst = 0;
+        unsigned calls = 0;
+        int r;
+
+        setup_vms(4, n / 4, NULL);
+        for (uint32_t p = 0; p < n; p++)
+                B.cid[p] = 1 + (p % (n / 4)) / 2;       /* 8 sharers per content */
+        scan_all(2);
+        ck_assert_uint_eq(S.pages_shared + S.pages_sharing, n);
+        do {
+                double t0 = now_s(), dt;
+                before = B.ops_unmerge;
+                r = dedup_engine_unmerge_all(B.e, 4096);
+                dt = now_s() - t0;
+                if (dt > worst)
+                        worst = dt;
+                ck_assert_uint_le(B.ops_unmerge - before, 4096);
+                calls++;
+        } while (r == 1);
+        verify();
+        ck_assert_uint_eq(S.pages_shared + S.pages_sharing + S.zero_pages, 0);
+        ck_assert_uint_eq(B.live_canon, 0);
+        ck_assert_uint_ge(calls, n / 4096);
+        printf("unmerge-all: %u pages in %u calls of <= 4096, slowest call %.2f ms\n", n, calls, worst * 1e3);
+        /* Bounded work per call: far below anything a D-Bus caller notices. */
+        ck_assert(worst < 0.1);
+}
+END_TEST
+
+/* --- metadata budget --- */
+
+static void metadata_case(const char *name, uint32_t n, uint64_t (*cid)(uint32_t p, uint32_t n)) {
+        setup_vms(4, n / 4, NULL);
+        for (uint32_t p = 0; p < n; p++)
+                B.cid[p] = cid(p, n);
+        scan_all(2);
+        /* Measured at the peak: a full scan's unstable tree still built. */
+        ck_assert_int_eq(backend_scan(&B, 0, B.npages, 0), 0);
+        dedup_engine_stats(B.e, &S);
+        double per = (double) S.metadata_bytes / n;
+        printf("metadata: workload=%s pages=%u bytes=%llu bytes_per_page=%.2f shared=%llu sharing=%llu zero=%llu unshared=%llu\n",
+               name, n, (unsigned long long) S.metadata_bytes, per, (unsigned long long) S.pages_shared,
+               (unsigned long long) S.pages_sharing, (unsigned long long) S.zero_pages,
+               (unsigned long long) S.pages_unshared);
+        ck_assert_msg(per <= 16.0, "%s: %.2f bytes per page > 16", name, per);
+        ck_assert_int_eq(dedup_engine_full_scan_done(B.e), 0);
+        verify();
+        backend_done(&B);
+}
+
+static uint64_t cid_image(uint32_t p, uint32_t n) {
+        /* Per VM: 50% OS image shared by all, 20% zero, 30% unique. */
+        uint32_t q = n / 4, i = p % q, pct = (uint32_t) ((uint64_t) i * 100 / q);
+        if (pct < 50)
+                return 1 + i;
+        if (pct < 70)
+                return 0;
+        return (uint64_t) n + p;
+}
+
+static uint64_t cid_unique(uint32_t p, uint32_t n) {
+        return 1 + (uint64_t) p;
+}
+
+START_TEST(test_metadata_budget) {
+        metadata_case("image", 1u << 20, cid_image);
+        metadata_case("unique", 1u << 20, cid_unique);
+        /* setup for teardown */
+        ck_assert_int_eq(backend_init(&B, 1), 0);
+}
+END_TEST
+
+static Suite *engine_suite(void) {
+        Suite *s = suite_create("engine");
+        struct {
+                const char *name;
+                const TTest *fn;
+                int timeout;
+        } cases[] = {
+                { "table_collisions", test_table_collisions, 10 },
+                { "merge_two_vms", test_merge_two_vms, 10 },
+                { "stable_hit_first_sight", test_stable_hit_first_sight, 10 },
+                { "hash_collisions_never_merge", test_hash_collisions_never_merge, 10 },
+                { "volatility_filter", test_volatility_filter, 10 },
+                { "zero_pages", test_zero_pages, 10 },
+                { "groups_isolated", test_groups_isolated, 10 },
+                { "chain_at_limit", test_chain_at_limit, 10 },
+                { "ebusy_rules", test_ebusy_rules, 10 },
+                { "numa_trees_and_migration", test_numa_trees_and_migration, 10 },
+                { "async_abort", test_async_abort, 10 },
+                { "remove_vm_busy_and_incremental", test_remove_vm_busy_and_incremental, 10 },
+                { "unmerge_all_bounded", test_unmerge_all_bounded, 120 },
+                { "metadata_budget", test_metadata_budget, 120 },
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                TCase *tc = tcase_create(cases[i].name);
+                if (cases[i].fn != test_table_collisions)
+                        tcase_add_checked_fixture(tc, NULL, teardown);
+                tcase_set_timeout(tc, cases[i].timeout);
+                tcase_add_test(tc, cases[i].fn);
+                suite_add_tcase(s, tc);
+        }
+        return s;
+}
+
+int main(void) {
+        SRunner *sr = srunner_create(engine_suite());
+        int failed;
+
+        srunner_run_all(sr, CK_NORMAL);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
