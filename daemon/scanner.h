@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * Reading guest memory: io_uring reads from a VM's memfd into registered
+ * buffers, never through a mapping (reading a shmem hole through a mapping
+ * would allocate a page). Holes — never-touched pages and pages already
+ * merged or punched — are found with cachestat()/lseek(SEEK_DATA/SEEK_HOLE)
+ * and not read at all. See scanner.c for the invariants.
+ *
+ * A Scanner must be used by the thread that created it (its ring is
+ * IORING_SETUP_SINGLE_ISSUER where the kernel supports it).
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define SCANNER_PAGE_SIZE 4096u
+
+typedef struct Scanner Scanner;
+
+typedef struct ScannerConfig {
+        unsigned queue_depth;   /* batches in flight (buffers), 1..64; 0 = 4 */
+        unsigned batch_pages;   /* pages per batch (one submit), 1..4096; 0 = 256 */
+        bool async;             /* IOSQE_ASYNC: copy on io_uring workers, overlapping the
+                                 * callbacks on another CPU, instead of inline in submit */
+} ScannerConfig;
+
+typedef struct ScannerStats {
+        uint64_t bytes_read;            /* bytes read into buffers */
+        uint64_t pages_delivered;       /* callbacks made */
+        uint64_t pages_hole;            /* pages skipped as holes (or past EOF) */
+        uint64_t batches;               /* batches with at least one read */
+        uint64_t submits;               /* io_uring_enter() calls that submitted reads */
+        uint64_t reads;                 /* SQEs: contiguous data extents read */
+        uint64_t seeks;                 /* lseek() calls */
+        uint64_t cachestats;            /* cachestat() calls */
+} ScannerStats;
+
+/* Called for each data page in offset order; page is valid only during the
+ * call. Return 0 to go on, or a negative errno to stop scanner_read(), which
+ * then returns it. Content may be torn or stale if the guest writes the page
+ * meanwhile, and a page punched while being read reads as zeros: the caller
+ * confirms under write protection before merging. */
+typedef int (*scanner_page_fn)(void *userdata, uint64_t offset, const void *page);
+
+/* -EINVAL for out-of-range parameters, -ENOMEM, or io_uring_queue_init's
+ * error (-ENOSYS, -EPERM when io_uring is disabled). */
+int scanner_new(unsigned queue_depth, unsigned batch_pages, Scanner **ret);
+int scanner_new_full(const ScannerConfig *config, Scanner **ret);
+
+Scanner *scanner_free(Scanner *s);       /* NULL-safe; returns NULL */
+static inline void scanner_freep(Scanner **s) {
+        if (*s)
+                scanner_free(*s);
+}
+
+/* Read [offset, offset + npages pages) of fd (page-aligned offset), calling
+ * cb for every page that is not a hole. 0, the callback's error, -EINVAL, or
+ * the read's -errno (pages before it were delivered). */
+int scanner_read(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_page_fn cb, void *userdata);
+
+/* Cumulative since scanner_new() or scanner_reset_stats(). */
+void scanner_get_stats(const Scanner *s, ScannerStats *ret);
+void scanner_reset_stats(Scanner *s);
+/* True if reads use registered buffers (READ_FIXED); false after a fallback
+ * to plain reads because registering failed (RLIMIT_MEMLOCK). */
+bool scanner_uses_fixed_buffers(const Scanner *s);
