@@ -1,0 +1,1373 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * libdedup agent: the part of dedupd that lives inside the VMM.
+ *
+ * DOC: Overview
+ *
+ * The agent owns one synchronous userfaultfd (WP mode) over every exported
+ * region and a SOCK_SEQPACKET connection to dedupd. The daemon holds a dup
+ * of the uffd and write-protects pages it wants to merge; the agent does
+ * everything that needs to happen inside the VMM's address space: map pool
+ * pages over guest RAM (REMAP), map the memfd back (UNMERGE and guest
+ * writes), and answer every write fault.
+ *
+ * One thread, one poll loop, one lock (c->lock, held while handling events,
+ * never while sleeping in poll). Because faults and remaps are handled by the
+ * same thread in order, no write can slip between a check and the mapping
+ * change that depends on it, except in the window between mmap and
+ * protect described at remap_entry(), which is closed by checking the run
+ * again afterwards.
+ *
+ * Page states, per region page (bitmaps r->merged and r->detached):
+ *
+ *   plain     MAP_SHARED from the memfd at its own offset (the VMM's
+ *             original mapping or one we restored). Registered on the uffd;
+ *             the daemon may protect it at any time.
+ *   merged    MAP_PRIVATE from a pool page or the anonymous zero overlay,
+ *             write-protected by us, memfd offset punched. The memfd does
+ *             not hold the data: only the mapping does. A write faults and
+ *             we copy the page back into the memfd before the guest's write
+ *             proceeds (cow_break()).
+ *   detached  MAP_PRIVATE but *not* protected: a fallback when we could not
+ *             map the memfd back (VMA limit, memory). The data is correct in
+ *             the private mapping; the memfd copy is stale, so such pages are
+ *             never remapped again (REMAP answers FAILED).
+ *
+ * Invariants:
+ *   - Guest memory always reads what the guest last wrote. A mapping change
+ *     happens only while the pages are write-protected (faulting writers
+ *     wait for us) or was verified afterwards (window check).
+ *   - No guest thread ever waits on the daemon: every fault is answered by
+ *     this thread from local state; the daemon only ever receives news.
+ *   - Fail-safe: on EOF, any socket error, an ERROR/BYE, or any message that
+ *     fails validation, the agent unprotects and unregisters all regions,
+ *     closes the socket and from then on only answers stray faults with a
+ *     wake. Merged pages stay mapped; later writes are ordinary private COW.
+ *   - The library prints nothing and never exits; errors are returned.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "dedup-client-internal.h"
+#include "dedup-compat.h"
+#include "dedup-proto.h"
+#include "dedup-util.h"
+#include "dedup.h"
+
+#ifndef PM_SWAP
+#define PM_SWAP (UINT64_C(1) << 62)
+#endif
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+/* Bits 0-54 of a pagemap entry: the pfn of a present page, or for a swap
+ * entry its type (bits 0-4) and offset. Only visible with CAP_SYS_ADMIN. */
+#define PM_FRAME_MASK ((UINT64_C(1) << 55) - 1)
+#define PM_SWAP_TYPE_MASK 0x1fu
+/* A uffd-wp pte marker (a protected pte with nothing mapped) shows in
+ * pagemap as a swap entry of type SWP_PTE_MARKER, which is the highest
+ * 5-bit type (32 - SWP_PTE_MARKER_NUM) on every kernel with markers. */
+#define PM_SWAP_TYPE_PTE_MARKER 31u
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+#define PAGE DEDUP_PAGE_SIZE
+#define HANDSHAKE_TIMEOUT_MS 5000
+/* Queued outgoing messages beyond this mean the daemon stopped reading:
+ * treated like a dead daemon. */
+#define OUT_QUEUE_MAX 4096
+#define PENDING_MAX (2 * DEDUP_PROTO_MAX_ENTRIES)
+#define SOCKET_MSGS_PER_WAKEUP 64
+
+typedef struct Region {
+        uint32_t id;                    /* index in c->regions, sent in REGION */
+        int memfd;                      /* our dup */
+        uint64_t memfd_offset, size, gpa;
+        uint8_t *hva;
+        uint64_t npages;
+        DedupVmaFlags *vmf;             /* madvise flags by sub-range, from smaps at export */
+        size_t n_vmf;
+        bool registered;                /* [hva, +size) registered on c->uffd */
+        uint64_t *merged;               /* bit per page: see "Page states" */
+        uint64_t *detached;             /* lazily allocated */
+} Region;
+
+typedef struct PoolFd {
+        uint32_t id;
+        int fd;                         /* O_RDONLY memfd, F_SEAL_SHRINK */
+        uint64_t size;                  /* bytes known to exist (refreshed by fstat) */
+} PoolFd;
+
+typedef struct Pending {
+        uint16_t type;                  /* DEDUP_MSG_UNMERGED or DEDUP_MSG_WRITTEN */
+        struct dedup_range range;
+} Pending;
+
+typedef struct OutMsg {
+        struct OutMsg *next;
+        int fds[DEDUP_PROTO_MAX_FDS];   /* not owned: region memfd and uffd live as long as c */
+        size_t nfds;
+        union {
+                struct dedup_msg_header hdr;
+                uint64_t align;
+        } msg[];                        /* hdr.length bytes */
+} OutMsg;
+
+struct dedup_client {
+        pthread_mutex_t lock;           /* everything below, except what is set before the thread starts */
+        char *socket_path;
+        char name[64];
+        char uuid[37];
+
+        Region **regions;
+        size_t n_regions;
+        PoolFd *pools;
+        size_t n_pools;
+
+        int uffd;                       /* ours; the daemon has a dup */
+        int sock;
+        int pagemap_fd;                 /* /proc/self/pagemap */
+        bool pagemap_frames;            /* pagemap shows frames: pte markers are recognisable */
+        int event_fd;                   /* kicks the agent: stop or new output queued */
+
+        pthread_t thread;
+        bool thread_started;
+        bool started;                   /* dedup_client_start() succeeded */
+        bool connected;                 /* socket up, regions registered: not fail-safe */
+        bool stopping;
+
+        uint32_t vm_id;
+        uint32_t seq;                   /* last seq we originated */
+
+        Pending *pending;               /* UNMERGED/WRITTEN news, coalesced, in order */
+        size_t n_pending;
+        OutMsg *out_head, **out_tail;
+        size_t n_out;
+
+        uint64_t pm[DEDUP_PROTO_MAX_RUN];       /* pagemap scratch */
+        uint8_t page_buf[PAGE];                 /* window-check scratch */
+        void *rx;                               /* DEDUP_PROTO_MAX_MSG receive buffer */
+
+        dedup_client_stats stats;
+
+        /* Tests only (dedup-client-internal.h): called in window A. */
+        void (*window_hook)(void *addr, size_t len, void *userdata);
+        void *window_hook_userdata;
+};
+
+void dedup_client_set_window_hook(dedup_client *c, void (*hook)(void *addr, size_t len, void *userdata),
+                                  void *userdata) {
+        pthread_mutex_lock(&c->lock);
+        c->window_hook = hook;
+        c->window_hook_userdata = userdata;
+        pthread_mutex_unlock(&c->lock);
+}
+
+/* ---- small helpers ---- */
+
+static inline bool bit_test(const uint64_t *b, uint64_t i) {
+        return b && (b[i / 64] >> (i % 64)) & 1;
+}
+
+/* Set/clear bits [first, first+n); return how many changed. */
+static uint64_t bits_set(uint64_t *b, uint64_t first, uint64_t n) {
+        uint64_t changed = 0;
+        for (uint64_t i = first; i < first + n; i++)
+                if (!((b[i / 64] >> (i % 64)) & 1)) {
+                        b[i / 64] |= UINT64_C(1) << (i % 64);
+                        changed++;
+                }
+        return changed;
+}
+
+static uint64_t bits_clear(uint64_t *b, uint64_t first, uint64_t n) {
+        uint64_t changed = 0;
+        if (!b)
+                return 0;
+        for (uint64_t i = first; i < first + n; i++)
+                if ((b[i / 64] >> (i % 64)) & 1) {
+                        b[i / 64] &= ~(UINT64_C(1) << (i % 64));
+                        changed++;
+                }
+        return changed;
+}
+
+static bool bits_any(const uint64_t *b, uint64_t first, uint64_t n) {
+        if (!b)
+                return false;
+        for (uint64_t i = first; i < first + n; i++)
+                if (bit_test(b, i))
+                        return true;
+        return false;
+}
+
+static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off) {
+        const uint8_t *p = buf;
+        while (len > 0) {
+                ssize_t n = pwrite(fd, p, len, (off_t) off);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        return -EIO;
+                p += n;
+                len -= (size_t) n;
+                off += (uint64_t) n;
+        }
+        return 0;
+}
+
+static int pread_full(int fd, void *buf, size_t len, uint64_t off) {
+        uint8_t *p = buf;
+        while (len > 0) {
+                ssize_t n = pread(fd, p, len, (off_t) off);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (n == 0)
+                        return -EIO;
+                p += n;
+                len -= (size_t) n;
+                off += (uint64_t) n;
+        }
+        return 0;
+}
+
+static bool is_zero(const uint8_t *p, size_t len) {
+        const uint64_t *q = (const uint64_t *) p;
+        for (size_t i = 0; i < len / 8; i++)
+                if (q[i])
+                        return false;
+        return true;
+}
+
+/* ---- userfaultfd ---- */
+
+static int uffd_register(int uffd, void *addr, size_t len) {
+        struct uffdio_register reg = {
+                .range = { .start = (uintptr_t) addr, .len = len },
+                .mode = UFFDIO_REGISTER_MODE_WP,
+        };
+        if (ioctl(uffd, UFFDIO_REGISTER, &reg) < 0)
+                return -errno;
+        if (!(reg.ioctls & (UINT64_C(1) << _UFFDIO_WRITEPROTECT)))
+                return -EOPNOTSUPP;
+        return 0;
+}
+
+static int uffd_unregister(int uffd, void *addr, size_t len) {
+        struct uffdio_range range = { .start = (uintptr_t) addr, .len = len };
+        return ioctl(uffd, UFFDIO_UNREGISTER, &range) < 0 ? -errno : 0;
+}
+
+static int uffd_protect(int uffd, void *addr, size_t len, bool protect) {
+        struct uffdio_writeprotect wp = {
+                .range = { .start = (uintptr_t) addr, .len = len },
+                .mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0, /* unprotect also wakes */
+        };
+        return ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
+}
+
+static void uffd_wake(int uffd, void *addr, size_t len) {
+        struct uffdio_range range = { .start = (uintptr_t) addr, .len = len };
+        (void) ioctl(uffd, UFFDIO_WAKE, &range);
+}
+
+/* Let whoever waits on [addr, +len) go on. Unprotect fails with ENOENT
+ * where part of the range is not registered (any more); wake anyway. */
+static void unprotect_or_wake(int uffd, void *addr, size_t len) {
+        if (uffd_protect(uffd, addr, len, false) < 0)
+                uffd_wake(uffd, addr, len);
+}
+
+static int uffd_open(void) {
+        int fd, dev, r;
+
+        fd = (int) syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+        if (fd >= 0)
+                return fd;
+        r = -errno;
+        if (r != -EPERM)
+                return r;
+        /* vm.unprivileged_userfaultfd=0 without CAP_SYS_PTRACE: the device
+         * node gives the same (kernel-fault capable) uffd to its users. */
+        dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+        if (dev < 0)
+                return r;
+        fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+        r = fd < 0 ? -errno : fd;
+        safe_close(dev);
+        return r;
+}
+
+static int uffd_new(void) {
+        /* Never EVENT_REMAP/UNMAP (our own mmap would block until the event
+         * is read) nor WP_ASYNC (writes to merged pages would resolve
+         * without us): see DESIGN §5. */
+        struct uffdio_api api = {
+                .api = UFFD_API,
+                .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_UNPOPULATED |
+                            UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+        };
+        int fd = uffd_open();
+
+        if (fd < 0)
+                return fd;
+        if (ioctl(fd, UFFDIO_API, &api) < 0) {
+                int r = errno == EINVAL ? -EOPNOTSUPP : -errno;
+                safe_close(fd);
+                return r;
+        }
+        return fd;
+}
+
+/* ---- regions and pools ---- */
+
+static Region *region_free(Region *r) {
+        if (!r)
+                return NULL;
+        safe_close(r->memfd);
+        free(r->vmf);
+        free(r->merged);
+        free(r->detached);
+        free(r);
+        return NULL;
+}
+
+static Region *region_find(dedup_client *c, uint64_t addr) {
+        for (size_t i = 0; i < c->n_regions; i++) {
+                Region *r = c->regions[i];
+                if (addr >= (uintptr_t) r->hva && addr - (uintptr_t) r->hva < r->size)
+                        return r;
+        }
+        return NULL;
+}
+
+static PoolFd *pool_find(dedup_client *c, uint32_t id) {
+        for (size_t i = 0; i < c->n_pools; i++)
+                if (c->pools[i].id == id)
+                        return &c->pools[i];
+        return NULL;
+}
+
+/* madvise flags the VMM had on [addr, +len), re-applied after our mmap. */
+static void region_apply_vmflags(Region *r, uint8_t *addr, size_t len) {
+        uint64_t s = (uintptr_t) addr, e = s + len;
+        for (size_t i = 0; i < r->n_vmf; i++) {
+                uint64_t a = MAX(s, r->vmf[i].start), b = MIN(e, r->vmf[i].end);
+                if (a < b && r->vmf[i].flags)
+                        dedup_vma_apply((void *) (uintptr_t) a, b - a, r->vmf[i].flags);
+        }
+}
+
+/* Map the memfd back MAP_SHARED over [first, +n) and register it (without
+ * protection). The caller made sure the memfd holds the content. */
+static int region_map_shared(dedup_client *c, Region *r, uint64_t first, uint64_t n) {
+        uint8_t *a = r->hva + first * PAGE;
+        size_t len = n * PAGE;
+        void *p;
+
+        p = mmap(a, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r->memfd,
+                 (off_t) (r->memfd_offset + first * PAGE));
+        if (p == MAP_FAILED)
+                return -errno;
+        region_apply_vmflags(r, a, len);
+        /* Failure to register only means the daemon cannot protect these
+         * pages again (its WRITEPROTECT gets ENOENT): safe. */
+        (void) uffd_register(c->uffd, a, len);
+        return 0;
+}
+
+static void stats_merged(dedup_client *c, int64_t delta) {
+        c->stats.merged_pages += (uint64_t) delta;
+}
+
+/* Give up on [first, +n) being merged: unprotect (the guest's writes then
+ * COW privately inside our mapping) and remember that the memfd is stale. */
+static void region_detach(dedup_client *c, Region *r, uint64_t first, uint64_t n) {
+        if (!r->detached)
+                r->detached = calloc((r->npages + 63) / 64, sizeof(uint64_t));
+        if (r->detached)
+                bits_set(r->detached, first, n);
+        stats_merged(c, -(int64_t) bits_clear(r->merged, first, n));
+        unprotect_or_wake(c->uffd, r->hva + first * PAGE, n * PAGE);
+}
+
+/* ---- outgoing messages ---- */
+
+static void out_drop_all(dedup_client *c) {
+        while (c->out_head) {
+                OutMsg *m = c->out_head;
+                c->out_head = m->next;
+                free(m);
+        }
+        c->out_tail = &c->out_head;
+        c->n_out = 0;
+        c->n_pending = 0;
+}
+
+static int out_queue(dedup_client *c, const void *msg, const int *fds, size_t nfds) {
+        const struct dedup_msg_header *hdr = msg;
+        OutMsg *m;
+
+        if (c->n_out >= OUT_QUEUE_MAX)
+                return -ENOBUFS;
+        m = malloc(sizeof *m + hdr->length);
+        if (!m)
+                return -ENOMEM;
+        m->next = NULL;
+        m->nfds = nfds;
+        for (size_t i = 0; i < nfds; i++)
+                m->fds[i] = fds[i];
+        memcpy(m->msg, msg, hdr->length);
+        *c->out_tail = m;
+        c->out_tail = &m->next;
+        c->n_out++;
+        return 0;
+}
+
+/* Turn pending news into UNMERGED/WRITTEN messages, keeping their order. */
+static int pending_flush(dedup_client *c) {
+        size_t i = 0;
+        int r;
+
+        while (i < c->n_pending) {
+                uint16_t type = c->pending[i].type;
+                size_t j = i;
+                while (j < c->n_pending && c->pending[j].type == type && j - i < DEDUP_PROTO_MAX_ENTRIES)
+                        j++;
+
+                size_t len = dedup_msg_ranges_size((uint32_t) (j - i));
+                _cleanup_free_ struct dedup_msg_ranges *m = calloc(1, len);
+                if (!m)
+                        return -ENOMEM;
+                dedup_proto_init_header(&m->hdr, type, (uint32_t) len, ++c->seq);
+                m->count = (uint32_t) (j - i);
+                for (size_t k = i; k < j; k++)
+                        m->ranges[k - i] = c->pending[k].range;
+                r = out_queue(c, m, NULL, 0);
+                if (r < 0)
+                        return r;
+                i = j;
+        }
+        c->n_pending = 0;
+        return 0;
+}
+
+static int pending_add(dedup_client *c, uint16_t type, Region *r, uint64_t first, uint64_t n) {
+        uint64_t off = first * PAGE;
+
+        if (!c->connected)
+                return 0;
+        while (n > 0) {
+                Pending *last = c->n_pending ? &c->pending[c->n_pending - 1] : NULL;
+
+                if (last && last->type == type && last->range.region_id == r->id &&
+                    last->range.offset + (uint64_t) last->range.npages * PAGE == off &&
+                    last->range.npages < DEDUP_PROTO_MAX_RUN) {
+                        uint64_t k = MIN(n, (uint64_t) (DEDUP_PROTO_MAX_RUN - last->range.npages));
+                        last->range.npages += (uint32_t) k;
+                        off += k * PAGE;
+                        n -= k;
+                        continue;
+                }
+                if (c->n_pending == PENDING_MAX) {
+                        int q = pending_flush(c);
+                        if (q < 0)
+                                return q;
+                }
+                uint64_t k = MIN(n, (uint64_t) DEDUP_PROTO_MAX_RUN);
+                c->pending[c->n_pending++] = (Pending) {
+                        .type = type,
+                        .range = { .region_id = r->id, .npages = (uint32_t) k, .offset = off },
+                };
+                off += k * PAGE;
+                n -= k;
+        }
+        return 0;
+}
+
+static void failsafe(dedup_client *c);
+
+/* Send what is queued without blocking; the rest waits for POLLOUT. */
+static void out_flush(dedup_client *c) {
+        int r;
+
+        if (!c->connected)
+                return;
+        r = pending_flush(c);
+        if (r < 0)
+                goto fail;
+        while (c->out_head) {
+                OutMsg *m = c->out_head;
+                r = dedup_proto_send(c->sock, m->msg, m->fds, m->nfds);
+                if (r == -EAGAIN)
+                        return;
+                if (r < 0)
+                        goto fail;
+                c->out_head = m->next;
+                if (!c->out_head)
+                        c->out_tail = &c->out_head;
+                c->n_out--;
+                free(m);
+        }
+        return;
+fail:
+        failsafe(c);
+}
+
+static void kick(dedup_client *c) {
+        uint64_t one = 1;
+        if (c->event_fd >= 0)
+                (void) !write(c->event_fd, &one, sizeof one);
+}
+
+/* ---- fail-safe ---- */
+
+/* The daemon is gone or misbehaved: make every guest write succeed from now
+ * on without us, and forget the daemon. Merged pages stay mapped (private
+ * mappings: later writes are plain kernel copy-on-write). Unregistering
+ * also clears any protection left (6.2+) and wakes every waiting thread;
+ * the explicit unprotect first is for kernels that do not. */
+static void failsafe(dedup_client *c) {
+        if (!c->connected)
+                return;
+        c->connected = false;
+        c->stats.connected = 0;
+
+        for (size_t i = 0; i < c->n_regions; i++) {
+                Region *r = c->regions[i];
+                if (!r->registered)
+                        continue;
+                (void) uffd_protect(c->uffd, r->hva, r->size, false);
+                (void) uffd_unregister(c->uffd, r->hva, r->size);
+                uffd_wake(c->uffd, r->hva, r->size);
+                r->registered = false;
+        }
+        c->sock = safe_close(c->sock);
+        out_drop_all(c);
+}
+
+/* ---- copy-on-write break ---- */
+
+/* Pages [first, +n) are merged and write-protected (so nobody else changes
+ * them): copy what the guest sees into the memfd, map the memfd back, wake
+ * writers. Falls back to detaching when the memfd cannot take the data or
+ * the mapping cannot be made. Returns 0 if re-homed into the memfd. */
+static int cow_break(dedup_client *c, Region *r, uint64_t first, uint64_t n) {
+        uint8_t *a = r->hva + first * PAGE;
+        size_t len = n * PAGE;
+        int q;
+
+        q = pwrite_full(r->memfd, a, len, r->memfd_offset + first * PAGE);
+        if (q >= 0)
+                q = region_map_shared(c, r, first, n);
+        if (q < 0) {
+                region_detach(c, r, first, n);
+                return q;
+        }
+        stats_merged(c, -(int64_t) bits_clear(r->merged, first, n));
+        uffd_wake(c->uffd, a, len);
+        return 0;
+}
+
+/* ---- faults ---- */
+
+static void handle_fault(dedup_client *c, const struct uffd_msg *m) {
+        uint64_t addr;
+        Region *r;
+
+        if (m->event != UFFD_EVENT_PAGEFAULT)
+                return; /* no other event is enabled */
+        addr = m->arg.pagefault.address & ~(uint64_t) (PAGE - 1);
+        r = region_find(c, addr);
+        if (!r || !c->connected || !(m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)) {
+                unprotect_or_wake(c->uffd, (void *) (uintptr_t) addr, PAGE);
+                return;
+        }
+
+        uint64_t idx = (addr - (uintptr_t) r->hva) / PAGE;
+        if (bit_test(r->merged, idx)) {
+                (void) cow_break(c, r, idx, 1);
+                c->stats.cow_breaks++;
+                (void) pending_add(c, DEDUP_MSG_UNMERGED, r, idx, 1);
+        } else {
+                /* The daemon's transient protection (merge step 1), or a
+                 * duplicate fault on a page already handled. */
+                unprotect_or_wake(c->uffd, (void *) (uintptr_t) addr, PAGE);
+                c->stats.written_faults++;
+                if (!bit_test(r->detached, idx))
+                        (void) pending_add(c, DEDUP_MSG_WRITTEN, r, idx, 1);
+        }
+}
+
+static void handle_uffd(dedup_client *c) {
+        struct uffd_msg msgs[32];
+
+        for (;;) {
+                ssize_t n = read(c->uffd, msgs, sizeof msgs);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return; /* EAGAIN: drained */
+                }
+                for (size_t i = 0; i < (size_t) n / sizeof msgs[0]; i++)
+                        handle_fault(c, &msgs[i]);
+                if ((size_t) n < sizeof msgs)
+                        return;
+        }
+}
+
+/* ---- REMAP ---- */
+
+static int pagemap_read(dedup_client *c, const uint8_t *a, uint64_t n) {
+        return pread_full(c->pagemap_fd, c->pm, n * sizeof(uint64_t), ((uintptr_t) a / PAGE) * sizeof(uint64_t));
+}
+
+/* Does the page at a (just mapped from pool/zero and now protected) hold
+ * exactly the canonical content? */
+static bool page_is_canonical(dedup_client *c, const uint8_t *a, const PoolFd *pool, uint64_t pool_off) {
+        if (!pool)
+                return is_zero(a, PAGE);
+        if (pread_full(pool->fd, c->page_buf, PAGE, pool_off) < 0)
+                return false;
+        return memcmp(a, c->page_buf, PAGE) == 0;
+}
+
+static bool pm_is_marker(dedup_client *c, uint64_t pm) {
+        return c->pagemap_frames && !(pm & PM_PRESENT) && (pm & PM_SWAP) &&
+               (pm & PM_SWAP_TYPE_MASK) == PM_SWAP_TYPE_PTE_MARKER;
+}
+
+/* Window check of remap_entry(): did a write land in the freshly mapped,
+ * now protected run at a before we protected it? A written page is
+ * anonymous: present without PM_FILE, or swapped out / migrating (a swap
+ * entry without PM_FILE). A protected unpopulated pte is a swap entry too
+ * (a pte marker); when pagemap hides frames we cannot tell it from a
+ * swapped page, so we populate the run read-only (maps the pool pages or
+ * zero pages, faults nothing to us) and look again. An anonymous page is
+ * harmless iff it holds the canonical content. */
+static bool run_written(dedup_client *c, const uint8_t *a, uint64_t n, const PoolFd *pool, uint64_t pool_off) {
+        bool ambiguous = false;
+
+        if (pagemap_read(c, a, n) < 0)
+                return true; /* cannot verify: be safe */
+        for (uint64_t i = 0; i < n; i++) {
+                uint64_t pm = c->pm[i];
+                if (pm & PM_FILE)
+                        continue;
+                if (pm & PM_PRESENT) {
+                        if (!page_is_canonical(c, a + i * PAGE, pool, pool_off + i * PAGE))
+                                return true;
+                } else if ((pm & PM_SWAP) && !pm_is_marker(c, pm))
+                        ambiguous = true;
+        }
+        if (!ambiguous)
+                return false;
+
+        if (madvise((void *) a, n * PAGE, MADV_POPULATE_READ) < 0 || pagemap_read(c, a, n) < 0)
+                memset(c->pm, 0, n * sizeof(uint64_t)); /* compare everything below */
+        for (uint64_t i = 0; i < n; i++)
+                if (!(c->pm[i] & PM_FILE) &&
+                    !page_is_canonical(c, a + i * PAGE, pool, pool_off + i * PAGE))
+                        return true;
+        return false;
+}
+
+/*
+ * Map one run onto its pool pages (or the zero overlay). The daemon has
+ * write-protected the run and compared it with the canonical pages.
+ *
+ * 1. Every page must still be protected (pagemap bit 57). A write that hit
+ *    the run after the daemon protected it was answered by handle_fault()
+ *    (which unprotects), and the caller drained the uffd just before: so a
+ *    missing bit means "written", ABORTED, nothing changed.
+ * 2. mmap(MAP_PRIVATE|MAP_FIXED) + register + protect. Between mmap and
+ *    protect the new VMA is not ours: a guest write there silently
+ *    copies-on-write into an anonymous page (window A). A write fault queued
+ *    against the old mapping during all this is answered later by
+ *    handle_fault(): the page is merged by then, the COW break copies the
+ *    (identical) pool content back and the write proceeds.
+ * 3. Window check (run_written()): an anonymous page in the run was
+ *    written in window A, or is a zero page, or (kernels without a shared
+ *    zero page) a zeroed page allocated by a read. It is fine iff it holds
+ *    the canonical content; otherwise copy the whole run (protected: nobody
+ *    writes it now) back into the memfd, map the memfd back, ABORTED.
+ * 4. Punch the memfd run (see "Who punches" in dedup-proto.h), DONE.
+ */
+static uint32_t remap_entry(dedup_client *c, Region *r, PoolFd *pool, const struct dedup_remap_entry *e) {
+        uint64_t first = e->offset / PAGE, n = e->npages;
+        uint8_t *a = r->hva + e->offset;
+        size_t len = n * PAGE;
+        void *p;
+        int q;
+
+        if (bits_any(r->detached, first, n))
+                return DEDUP_REMAP_FAILED;
+
+        if (pagemap_read(c, a, n) < 0)
+                return DEDUP_REMAP_FAILED;
+        for (uint64_t i = 0; i < n; i++)
+                if (!(c->pm[i] & PM_UFFD_WP))
+                        return DEDUP_REMAP_ABORTED;
+
+        if (pool)
+                p = mmap(a, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, pool->fd, (off_t) e->pool_offset);
+        else
+                p = mmap(a, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+        if (p == MAP_FAILED) {
+                /* Linux restores the old VMAs when MAP_FIXED fails; if it
+                 * did not, put the memfd back (it still holds the data). */
+                unsigned char vec;
+                if (mincore(a, PAGE, &vec) < 0 && errno == ENOMEM)
+                        (void) region_map_shared(c, r, first, n);
+                return DEDUP_REMAP_FAILED;
+        }
+        region_apply_vmflags(r, a, len);
+        if (c->window_hook)
+                c->window_hook(a, len, c->window_hook_userdata);
+        q = uffd_register(c->uffd, a, len);
+        if (q >= 0)
+                q = uffd_protect(c->uffd, a, len, true);
+        if (q < 0) {
+                /* Content is right (pool pages equal the guest's), but we
+                 * cannot see writes: detach, never punch. */
+                region_detach(c, r, first, n);
+                return DEDUP_REMAP_FAILED;
+        }
+
+        if (run_written(c, a, n, pool, e->pool_offset)) {
+                q = pwrite_full(r->memfd, a, len, r->memfd_offset + e->offset);
+                if (q >= 0)
+                        q = region_map_shared(c, r, first, n);
+                if (q < 0)
+                        region_detach(c, r, first, n);
+                /* Writers queued on the run are answered by handle_fault(). */
+                return DEDUP_REMAP_ABORTED;
+        }
+
+        /* Only now is the memfd copy redundant. Failure costs memory only. */
+        (void) fallocate(r->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                         (off_t) (r->memfd_offset + e->offset), (off_t) len);
+        stats_merged(c, (int64_t) bits_set(r->merged, first, n));
+        return DEDUP_REMAP_DONE;
+}
+
+/* Bounds the daemon must respect beyond what dedup_proto_validate() knows. */
+static int check_run(dedup_client *c, uint32_t region_id, uint64_t offset, uint32_t npages, Region **ret) {
+        if (region_id >= c->n_regions)
+                return -EBADMSG;
+        Region *r = c->regions[region_id];
+        if (!r->registered || offset > r->size || (uint64_t) npages * PAGE > r->size - offset)
+                return -EBADMSG;
+        *ret = r;
+        return 0;
+}
+
+static int pool_check(PoolFd *pool, uint64_t off, uint32_t npages) {
+        uint64_t end = off + (uint64_t) npages * PAGE;
+        struct stat st;
+
+        if (end <= pool->size)
+                return 0;
+        /* Pools grow; F_SEAL_SHRINK (checked at POOL) keeps them grown. */
+        if (fstat(pool->fd, &st) < 0)
+                return -errno;
+        pool->size = (uint64_t) st.st_size;
+        return end <= pool->size ? 0 : -EBADMSG;
+}
+
+static int handle_remap(dedup_client *c, const struct dedup_msg_remap *m) {
+        _cleanup_free_ struct dedup_msg_remap *reply = NULL;
+        Region *r;
+        int q;
+
+        for (uint32_t i = 0; i < m->count; i++) {
+                const struct dedup_remap_entry *e = &m->entries[i];
+                if (check_run(c, e->region_id, e->offset, e->npages, &r) < 0)
+                        return -EBADMSG;
+                if (e->pool_id != DEDUP_POOL_ZERO) {
+                        PoolFd *pool = pool_find(c, e->pool_id);
+                        if (!pool || pool_check(pool, e->pool_offset, e->npages) < 0)
+                                return -EBADMSG;
+                }
+        }
+
+        reply = malloc(m->hdr.length);
+        if (!reply)
+                return -ENOMEM;
+        memcpy(reply, m, m->hdr.length);
+        reply->hdr.type = DEDUP_MSG_REMAP_REPLY;
+
+        /* Writes that reached protected pages must show in pagemap now. */
+        handle_uffd(c);
+
+        for (uint32_t i = 0; i < m->count; i++) {
+                struct dedup_remap_entry *e = &reply->entries[i];
+                PoolFd *pool = e->pool_id == DEDUP_POOL_ZERO ? NULL : pool_find(c, e->pool_id);
+
+                r = c->regions[e->region_id];
+                e->status = remap_entry(c, r, pool, e);
+                if (e->status == DEDUP_REMAP_DONE)
+                        c->stats.remapped_pages += e->npages;
+                else if (e->status == DEDUP_REMAP_ABORTED)
+                        c->stats.aborted_pages += e->npages;
+        }
+
+        /* News from before this batch goes first: the daemon sees events in
+         * the order they happened. */
+        q = pending_flush(c);
+        if (q < 0)
+                return q;
+        return out_queue(c, reply, NULL, 0);
+}
+
+/* ---- UNMERGE ---- */
+
+static int handle_unmerge(dedup_client *c, const struct dedup_msg_ranges *m) {
+        _cleanup_free_ struct dedup_msg_ranges *reply = NULL;
+        Region *r;
+        int q;
+
+        for (uint32_t i = 0; i < m->count; i++)
+                if (check_run(c, m->ranges[i].region_id, m->ranges[i].offset, m->ranges[i].npages, &r) < 0)
+                        return -EBADMSG;
+
+        reply = malloc(m->hdr.length);
+        if (!reply)
+                return -ENOMEM;
+        memcpy(reply, m, m->hdr.length);
+        reply->hdr.type = DEDUP_MSG_UNMERGED;
+        reply->flags = DEDUP_RANGES_F_REPLY;
+
+        handle_uffd(c);
+
+        for (uint32_t i = 0; i < m->count; i++) {
+                uint64_t first = m->ranges[i].offset / PAGE, end = first + m->ranges[i].npages;
+
+                r = c->regions[m->ranges[i].region_id];
+                /* Only merged pages: a plain page may be written right now
+                 * through its shared mapping, and copying it onto itself
+                 * could undo that write. Merged pages are protected. */
+                for (uint64_t s = first; s < end;) {
+                        if (!bit_test(r->merged, s)) {
+                                s++;
+                                continue;
+                        }
+                        uint64_t e = s;
+                        while (e < end && bit_test(r->merged, e))
+                                e++;
+                        (void) cow_break(c, r, s, e - s);
+                        s = e;
+                }
+        }
+
+        q = pending_flush(c);
+        if (q < 0)
+                return q;
+        return out_queue(c, reply, NULL, 0);
+}
+
+/* ---- POOL ---- */
+
+static int handle_pool(dedup_client *c, const struct dedup_msg_pool *m, int fd) {
+        struct stat st;
+        PoolFd *pool;
+        int seals;
+
+        /* A pool that can shrink could SIGBUS the VMM: refuse it. */
+        seals = fcntl(fd, F_GET_SEALS);
+        if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+            (uint64_t) st.st_size < m->size) {
+                safe_close(fd);
+                return -EBADMSG;
+        }
+
+        pool = pool_find(c, m->pool_id);
+        if (pool) {
+                safe_close(pool->fd);
+        } else {
+                PoolFd *p = realloc(c->pools, (c->n_pools + 1) * sizeof *p);
+                if (!p) {
+                        safe_close(fd);
+                        return -ENOMEM;
+                }
+                c->pools = p;
+                pool = &c->pools[c->n_pools++];
+        }
+        *pool = (PoolFd) { .id = m->pool_id, .fd = fd, .size = (uint64_t) st.st_size };
+        return 0;
+}
+
+/* ---- socket ---- */
+
+static void handle_socket(dedup_client *c) {
+        for (int k = 0; k < SOCKET_MSGS_PER_WAKEUP && c->connected; k++) {
+                int fds[DEDUP_PROTO_MAX_FDS];
+                size_t nfds = 0;
+                ssize_t n;
+                int q;
+
+                n = dedup_proto_recv(c->sock, c->rx, DEDUP_PROTO_MAX_MSG, fds, DEDUP_PROTO_MAX_FDS, &nfds);
+                if (n == -EAGAIN)
+                        return;
+                if (n <= 0) {
+                        failsafe(c); /* EOF or a broken connection */
+                        return;
+                }
+                if (dedup_proto_validate(c->rx, (size_t) n, nfds, NULL) < 0) {
+                        for (size_t i = 0; i < nfds; i++)
+                                safe_close(fds[i]);
+                        failsafe(c);
+                        return;
+                }
+
+                const struct dedup_msg_header *hdr = c->rx;
+                switch (hdr->type) {
+                case DEDUP_MSG_POOL:
+                        q = handle_pool(c, c->rx, fds[0]);
+                        break;
+                case DEDUP_MSG_REMAP:
+                        q = handle_remap(c, c->rx);
+                        break;
+                case DEDUP_MSG_UNMERGE:
+                        q = handle_unmerge(c, c->rx);
+                        break;
+                default:
+                        /* BYE, ERROR, or a message for the other direction. */
+                        for (size_t i = 0; i < nfds; i++)
+                                safe_close(fds[i]);
+                        q = -ECONNRESET;
+                        break;
+                }
+                if (q < 0) {
+                        failsafe(c);
+                        return;
+                }
+                /* Faults first: a REMAP batch may have kept writers waiting. */
+                handle_uffd(c);
+        }
+}
+
+static void *agent_main(void *userdata) {
+        dedup_client *c = userdata;
+
+        (void) pthread_setname_np(pthread_self(), "dedup-agent");
+
+        pthread_mutex_lock(&c->lock);
+        while (!c->stopping) {
+                struct pollfd pfd[3] = {
+                        { .fd = c->event_fd, .events = POLLIN },
+                        { .fd = c->uffd, .events = POLLIN },
+                        { .fd = c->connected ? c->sock : -1, .events = POLLIN | (c->out_head ? POLLOUT : 0) },
+                };
+                pthread_mutex_unlock(&c->lock);
+
+                int n = poll(pfd, ELEMENTSOF(pfd), -1);
+
+                pthread_mutex_lock(&c->lock);
+                if (n < 0)
+                        continue;       /* EINTR; nothing else can fail here */
+                if (pfd[0].revents) {
+                        uint64_t v;
+                        (void) !read(c->event_fd, &v, sizeof v);
+                }
+                if (c->stopping)
+                        break;
+                if (pfd[1].revents)
+                        handle_uffd(c);
+                /* The socket fd is only ours while still connected. */
+                if (c->connected && pfd[2].fd == c->sock && pfd[2].revents)
+                        handle_socket(c);
+                out_flush(c);
+                if (c->connected && c->n_out >= OUT_QUEUE_MAX)
+                        failsafe(c);
+        }
+        pthread_mutex_unlock(&c->lock);
+        return NULL;
+}
+
+/* ---- public API ---- */
+
+_Static_assert(sizeof(((struct dedup_msg_hello *) 0)->name) == sizeof(((dedup_client *) 0)->name), "name size");
+
+int dedup_client_new(const char *socket_path, const char *name, const char *uuid, dedup_client **ret) {
+        dedup_client *c;
+        int r;
+
+        if (!ret || dedup_proto_check_name(name) < 0 || (uuid && dedup_proto_check_uuid(uuid) < 0))
+                return -EINVAL;
+        if (!socket_path) {
+                socket_path = secure_getenv("DEDUPD_SOCKET");
+                if (!socket_path || !*socket_path)
+                        socket_path = DEDUP_DEFAULT_SOCKET;
+        }
+        if (!*socket_path || strlen(socket_path) >= sizeof(((struct sockaddr_un *) 0)->sun_path))
+                return -EINVAL;
+
+        c = calloc(1, sizeof *c);
+        if (!c)
+                return -ENOMEM;
+        c->uffd = c->sock = c->pagemap_fd = c->event_fd = -EBADF;
+        c->out_tail = &c->out_head;
+        r = pthread_mutex_init(&c->lock, NULL);
+        if (r != 0) {
+                free(c);
+                return -r;
+        }
+        c->socket_path = strdup(socket_path);
+        c->pending = calloc(PENDING_MAX, sizeof *c->pending);
+        c->rx = malloc(DEDUP_PROTO_MAX_MSG);
+        if (!c->socket_path || !c->pending || !c->rx) {
+                dedup_client_free(c);
+                return -ENOMEM;
+        }
+        strcpy(c->name, name);
+        if (uuid)
+                strcpy(c->uuid, uuid);
+        *ret = c;
+        return 0;
+}
+
+static int region_send(dedup_client *c, Region *r, bool queue) {
+        struct dedup_msg_region m = {
+                .region_id = r->id,
+                .gpa = r->gpa,
+                .size = r->size,
+                .memfd_offset = r->memfd_offset,
+                .hva = (uintptr_t) r->hva,
+        };
+        int fds[2] = { r->memfd, c->uffd };
+
+        dedup_proto_init_header(&m.hdr, DEDUP_MSG_REGION, sizeof m, ++c->seq);
+        return queue ? out_queue(c, &m, fds, 2) : dedup_proto_send(c->sock, &m, fds, 2);
+}
+
+int dedup_client_export_region(dedup_client *c, int memfd, uint64_t memfd_offset, uint64_t size, void *hva,
+                               uint64_t gpa) {
+        Region *r = NULL;
+        struct stat st;
+        int q;
+
+        if (!c || !hva || size == 0 || !DEDUP_PAGE_ALIGNED(size) || !DEDUP_PAGE_ALIGNED(memfd_offset) ||
+            !DEDUP_PAGE_ALIGNED((uintptr_t) hva) || !DEDUP_PAGE_ALIGNED(gpa) || (uintptr_t) hva + size < size ||
+            gpa + size < gpa)
+                return -EINVAL;
+        q = dedup_proto_check_memfd(memfd, memfd_offset, size, NULL);
+        if (q < 0)
+                return q;
+        if (fstat(memfd, &st) < 0)
+                return -errno;
+
+        pthread_mutex_lock(&c->lock);
+        if (c->stopping) {
+                q = -ESHUTDOWN;
+                goto out;
+        }
+        for (size_t i = 0; i < c->n_regions; i++) {
+                Region *o = c->regions[i];
+                if ((uintptr_t) hva < (uintptr_t) o->hva + o->size && (uintptr_t) o->hva < (uintptr_t) hva + size) {
+                        q = -EEXIST;
+                        goto out;
+                }
+        }
+        if (c->n_regions >= UINT32_MAX) {
+                q = -E2BIG;
+                goto out;
+        }
+
+        r = calloc(1, sizeof *r);
+        if (!r) {
+                q = -ENOMEM;
+                goto out;
+        }
+        r->memfd = -EBADF;
+        r->id = (uint32_t) c->n_regions;
+        r->memfd_offset = memfd_offset;
+        r->size = size;
+        r->gpa = gpa;
+        r->hva = hva;
+        r->npages = size / PAGE;
+        r->merged = calloc((r->npages + 63) / 64, sizeof(uint64_t));
+        if (!r->merged) {
+                q = -ENOMEM;
+                goto out;
+        }
+        q = dedup_vma_scan("/proc/self/smaps", (uintptr_t) hva, (uintptr_t) hva + size, memfd_offset, st.st_dev,
+                           st.st_ino, &r->vmf, &r->n_vmf);
+        if (q < 0)
+                goto out;
+        r->memfd = fcntl(memfd, F_DUPFD_CLOEXEC, 3);
+        if (r->memfd < 0) {
+                q = -errno;
+                goto out;
+        }
+
+        Region **a = realloc(c->regions, (c->n_regions + 1) * sizeof *a);
+        if (!a) {
+                q = -ENOMEM;
+                goto out;
+        }
+        c->regions = a;
+
+        if (c->connected) {
+                q = uffd_register(c->uffd, r->hva, r->size);
+                if (q < 0)
+                        goto out;
+                r->registered = true;
+                q = region_send(c, r, true);
+                if (q < 0) {
+                        (void) uffd_unregister(c->uffd, r->hva, r->size);
+                        goto out;
+                }
+                kick(c);
+        }
+        c->regions[c->n_regions++] = TAKE_PTR(r);
+        q = 0;
+out:
+        pthread_mutex_unlock(&c->lock);
+        region_free(r);
+        return q;
+}
+
+static int connect_socket(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        socklen_t salen;
+        int fd;
+
+        /* "@name" means an abstract socket. */
+        strncpy(sa.sun_path, path, sizeof sa.sun_path - 1);
+        salen = offsetof(struct sockaddr_un, sun_path) + strlen(path) + (path[0] == '@' ? 0 : 1);
+        if (path[0] == '@')
+                sa.sun_path[0] = 0;
+
+        fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (struct sockaddr *) &sa, salen) < 0) {
+                int r = -errno;
+                safe_close(fd);
+                return r;
+        }
+        return fd;
+}
+
+static int handshake(dedup_client *c) {
+        struct dedup_msg_hello hello = { .pid = (uint32_t) getpid() };
+        uint32_t hello_seq = ++c->seq;
+        struct pollfd pfd = { .fd = c->sock, .events = POLLIN };
+        int fds[DEDUP_PROTO_MAX_FDS];
+        size_t nfds;
+        ssize_t n;
+        int q;
+
+        dedup_proto_init_header(&hello.hdr, DEDUP_MSG_HELLO, sizeof hello, hello_seq);
+        memcpy(hello.name, c->name, sizeof hello.name);
+        memcpy(hello.uuid, c->uuid, sizeof hello.uuid);
+        q = dedup_proto_send(c->sock, &hello, NULL, 0);
+        if (q < 0)
+                return q;
+
+        do
+                q = poll(&pfd, 1, HANDSHAKE_TIMEOUT_MS);
+        while (q < 0 && errno == EINTR);
+        if (q < 0)
+                return -errno;
+        if (q == 0)
+                return -ETIMEDOUT;
+
+        n = dedup_proto_recv(c->sock, c->rx, DEDUP_PROTO_MAX_MSG, fds, DEDUP_PROTO_MAX_FDS, &nfds);
+        if (n == 0)
+                return -ECONNRESET;
+        if (n < 0)
+                return (int) n;
+        q = dedup_proto_validate(c->rx, (size_t) n, nfds, NULL);
+        if (q < 0) {
+                for (size_t i = 0; i < nfds; i++)
+                        safe_close(fds[i]);
+                return -EPROTO;
+        }
+
+        const struct dedup_msg_header *hdr = c->rx;
+        if (hdr->type == DEDUP_MSG_ERROR)
+                return -((const struct dedup_msg_error *) c->rx)->error;
+        if (hdr->type != DEDUP_MSG_WELCOME) {
+                for (size_t i = 0; i < nfds; i++)
+                        safe_close(fds[i]);
+                return -EPROTO;
+        }
+        c->vm_id = ((const struct dedup_msg_welcome *) c->rx)->vm_id;
+        return 0;
+}
+
+static void unregister_all(dedup_client *c) {
+        for (size_t i = 0; i < c->n_regions; i++)
+                if (c->regions[i]->registered) {
+                        (void) uffd_unregister(c->uffd, c->regions[i]->hva, c->regions[i]->size);
+                        c->regions[i]->registered = false;
+                }
+}
+
+int dedup_client_start(dedup_client *c) {
+        sigset_t all, old;
+        int q;
+
+        if (!c)
+                return -EINVAL;
+
+        pthread_mutex_lock(&c->lock);
+        if (c->started || c->stopping) {
+                q = -EALREADY;
+                goto out;
+        }
+
+        c->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+        if (c->pagemap_fd < 0) {
+                q = -errno;
+                goto fail;
+        }
+        /* Probe whether pagemap shows frames to us (page_buf is present). */
+        {
+                uint64_t pm = 0;
+                memset(c->page_buf, 1, sizeof c->page_buf);
+                c->pagemap_frames = pread(c->pagemap_fd, &pm, sizeof pm,
+                                          ((uintptr_t) c->page_buf / PAGE) * sizeof pm) == sizeof pm &&
+                                    (pm & PM_PRESENT) && (pm & PM_FRAME_MASK) != 0;
+        }
+        c->uffd = uffd_new();
+        if (c->uffd < 0) {
+                q = c->uffd;
+                goto fail;
+        }
+        for (size_t i = 0; i < c->n_regions; i++) {
+                q = uffd_register(c->uffd, c->regions[i]->hva, c->regions[i]->size);
+                if (q < 0)
+                        goto fail;
+                c->regions[i]->registered = true;
+        }
+
+        c->sock = connect_socket(c->socket_path);
+        if (c->sock < 0) {
+                q = c->sock;
+                goto fail;
+        }
+        q = handshake(c);
+        if (q < 0)
+                goto fail;
+        for (size_t i = 0; i < c->n_regions; i++) {
+                q = region_send(c, c->regions[i], false);
+                if (q < 0)
+                        goto fail;
+        }
+        if (fcntl(c->sock, F_SETFL, O_NONBLOCK) < 0) {
+                q = -errno;
+                goto fail;
+        }
+        c->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (c->event_fd < 0) {
+                q = -errno;
+                goto fail;
+        }
+
+        c->connected = true;
+        c->stats.connected = 1;
+
+        /* The agent takes no signals: they belong to the VMM's threads. */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        q = -pthread_create(&c->thread, NULL, agent_main, c);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (q < 0) {
+                c->connected = false;
+                c->stats.connected = 0;
+                goto fail;
+        }
+        c->thread_started = true;
+        c->started = true;
+        q = 0;
+        goto out;
+
+fail:
+        /* Leave nothing behind: the VMM runs as if dedupd did not exist, and
+         * may call dedup_client_start() again later. */
+        if (c->uffd >= 0)
+                unregister_all(c);
+        c->sock = safe_close(c->sock);
+        c->uffd = safe_close(c->uffd);
+        c->pagemap_fd = safe_close(c->pagemap_fd);
+        c->event_fd = safe_close(c->event_fd);
+        c->seq = 0;
+out:
+        pthread_mutex_unlock(&c->lock);
+        return q;
+}
+
+int dedup_client_get_stats(dedup_client *c, dedup_client_stats *ret) {
+        if (!c || !ret)
+                return -EINVAL;
+        pthread_mutex_lock(&c->lock);
+        *ret = c->stats;
+        pthread_mutex_unlock(&c->lock);
+        return 0;
+}
+
+void dedup_client_free(dedup_client *c) {
+        if (!c)
+                return;
+
+        pthread_mutex_lock(&c->lock);
+        if (c->connected) {
+                struct dedup_msg_header bye;
+                dedup_proto_init_header(&bye, DEDUP_MSG_BYE, sizeof bye, ++c->seq);
+                (void) dedup_proto_send(c->sock, &bye, NULL, 0);
+        }
+        failsafe(c);
+        /* Regions registered after a fail-safe do not exist (export only
+         * registers while connected), but be thorough. */
+        if (c->uffd >= 0)
+                unregister_all(c);
+        c->stopping = true;
+        pthread_mutex_unlock(&c->lock);
+
+        if (c->thread_started) {
+                kick(c);
+                pthread_join(c->thread, NULL);
+        }
+
+        out_drop_all(c);
+        for (size_t i = 0; i < c->n_regions; i++)
+                region_free(c->regions[i]);
+        free(c->regions);
+        for (size_t i = 0; i < c->n_pools; i++)
+                safe_close(c->pools[i].fd);
+        free(c->pools);
+        safe_close(c->sock);
+        safe_close(c->uffd);
+        safe_close(c->pagemap_fd);
+        safe_close(c->event_fd);
+        free(c->pending);
+        free(c->rx);
+        free(c->socket_path);
+        pthread_mutex_destroy(&c->lock);
+        free(c);
+}
