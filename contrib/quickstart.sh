@@ -69,7 +69,8 @@ check() {
 }
 
 demo() {
-        ./tests/engine-demo "${DEDUP_DEMO_MIB:-256}"
+        make -s -j"$(nproc)" tests/guest-sim >/dev/null
+        "$top/contrib/demo.sh" "${DEDUP_DEMO_MIB:-256}" "${DEDUP_DEMO_SECONDS:-20}"
 }
 
 case "${1:-}" in

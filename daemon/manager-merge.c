@@ -1,0 +1,658 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * DOC: carrying out merges (DESIGN.md §2), the engine's backend.
+ *
+ * The engine's merge and unmerge ops only queue; manager_flush() turns the
+ * queue of each VM into runs of adjacent pages (adjacent pool pages too, so
+ * a run is one mmap and one VMA in the VMM) and for each run:
+ *   1. write-protects it through the VMM's userfaultfd: from now on every
+ *      guest write to it traps into the agent;
+ *   2. reads it back (one pread) and compares it with the canonical content
+ *      (one pread of the pool); pages that differ are unprotected and fail;
+ *   3. sends REMAP entries; the agent checks that protection still holds,
+ *      maps the pool, re-protects, punches the memfd pages and replies DONE.
+ * The agent punches, not the daemon: a guest write right after the remap is
+ * a copy-on-write break that the agent writes into the memfd page, and a
+ * punch from here arriving after it would wipe it. Done in the agent, the
+ * punch is ordered before any fault it handles later.
+ *
+ * Pool pages are punched only when no VMM can map them: when the engine
+ * frees a canonical page, unless a VMM we stopped talking to may still map
+ * it (a Hold), in which case the punch waits for that process to exit.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "manager.h"
+#include "uffd-ops.h"
+#include "util.h"
+
+static const uint8_t zero_page[DEDUP_PAGE_SIZE];
+
+static int page_read(void *ud, dedup_page_t page, void *buf) {
+        VmRegion *reg = vm_page_region(ud, page, NULL);
+        ssize_t n;
+
+        if (!reg)
+                return -ENOENT;
+        n = pread(reg->memfd, buf, DEDUP_PAGE_SIZE, (off_t) (reg->memfd_offset + (uint64_t) (page - reg->first) * DEDUP_PAGE_SIZE));
+        if (n < 0)
+                return -errno;
+        if (n != DEDUP_PAGE_SIZE)
+                return -EIO;
+        return 0;
+}
+
+static Pool *loc_pool(Manager *m, uint64_t loc, uint64_t *ret_off) {
+        uint16_t id;
+
+        pool_loc_split(loc, &id, ret_off);
+        return id < m->n_pools ? m->pools[id] : NULL;
+}
+
+static int canon_read(void *ud, uint64_t loc, void *buf) {
+        uint64_t off;
+        Pool *p = loc_pool(ud, loc, &off);
+
+        return p ? pool_read(p, off, buf) : -ENOENT;
+}
+
+static int pool_for(Manager *m, uint16_t group, int nid, uint16_t *ret_id) {
+        int r;
+
+        for (uint16_t i = 0; i < m->n_pools; i++)
+                if ((int) i != m->zero_pool && pool_group(m->pools[i]) == group && pool_nid(m->pools[i]) == nid) {
+                        *ret_id = i;
+                        return 0;
+                }
+        if (m->n_pools >= MANAGER_MAX_POOLS)
+                return -ENOSPC;
+        r = pool_new(group, nid, &m->pools[m->n_pools]);
+        if (r < 0)
+                return log_error_errno(r, "Cannot create pool for group %u node %d: %m", group, nid);
+        log_info("Pool '%s' created", pool_name(m->pools[m->n_pools]));
+        *ret_id = (uint16_t) m->n_pools++;
+        return 0;
+}
+
+static int canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t *ret_loc) {
+        Manager *m = ud;
+        uint64_t hint = POOL_NO_HINT, prev, off;
+        uint16_t id = 0, prev_id;
+        int r;
+
+        r = pool_for(m, req->group, req->nid, &id);
+        if (r < 0)
+                return r;
+        /* Place it right after the canonical page of the previous guest
+         * page, so a run of duplicates maps as one run of the pool. */
+        if (req->page > 0 && dedup_engine_page_loc(m->engine, req->page - 1, &prev) >= 0 && prev != DEDUP_LOC_ZERO) {
+                pool_loc_split(prev, &prev_id, &off);
+                if (prev_id == id)
+                        hint = off + DEDUP_PAGE_SIZE;
+        }
+        r = pool_alloc(m->pools[id], hint, &off);
+        if (r < 0)
+                return r;
+        r = pool_write(m->pools[id], off, req->data);
+        if (r < 0) {
+                (void) pool_free_page(m->pools[id], off);
+                return r;
+        }
+        *ret_loc = pool_loc_make(id, off);
+        return 0;
+}
+
+static bool held(Manager *m, uint64_t loc) {
+        for (size_t i = 0; i < m->n_holds; i++) {
+                Hold *h = &m->holds[i];
+                size_t lo = 0, hi = h->n_locs;
+                while (lo < hi) {
+                        size_t mid = (lo + hi) / 2;
+                        if (h->locs[mid] == loc)
+                                return true;
+                        if (h->locs[mid] < loc)
+                                lo = mid + 1;
+                        else
+                                hi = mid;
+                }
+        }
+        return false;
+}
+
+static void canon_free(void *ud, uint64_t loc) {
+        Manager *m = ud;
+        uint64_t off;
+        Pool *p = loc_pool(m, loc, &off);
+        int r;
+
+        if (!p)
+                return;
+        if (held(m, loc)) {
+                if (m->n_deferred == m->cap_deferred) {
+                        size_t cap = m->cap_deferred ? m->cap_deferred * 2 : 256;
+                        uint64_t *d = realloc(m->deferred_frees, cap * sizeof(uint64_t));
+                        if (!d) {
+                                /* Leak the page rather than punch what a VMM maps. */
+                                log_oom();
+                                return;
+                        }
+                        m->deferred_frees = d;
+                        m->cap_deferred = cap;
+                }
+                m->deferred_frees[m->n_deferred++] = loc;
+                return;
+        }
+        r = pool_free_page(p, off);
+        if (r < 0)
+                log_warning_errno(r, "Cannot free pool page %s+0x%llx: %m", pool_name(p), (unsigned long long) off);
+}
+
+static int canon_nid(void *ud, uint64_t loc) {
+        Manager *m = ud;
+        uint64_t off;
+        Pool *p = loc_pool(m, loc, &off);
+
+        if (!p)
+                return -ENOENT;
+        if (numa_topology_is_injected(m->topology))
+                return numa_topology_page_nid(m->topology, pool_name(p), off / DEDUP_PAGE_SIZE);
+        return pool_page_nid(p, off);
+}
+
+static int queue(PendingOp **v, size_t *n, size_t *cap, dedup_page_t page, uint64_t loc) {
+        if (*n == *cap) {
+                size_t c = *cap ? *cap * 2 : 1024;
+                PendingOp *p = realloc(*v, c * sizeof(PendingOp));
+                if (!p)
+                        return -ENOMEM;
+                *v = p;
+                *cap = c;
+        }
+        (*v)[(*n)++] = (PendingOp) { .page = page, .loc = loc };
+        return DEDUP_PENDING;
+}
+
+static int merge(void *ud, dedup_page_t page, uint64_t loc) {
+        Vm *vm = NULL;
+        VmRegion *reg = vm_page_region(ud, page, &vm);
+
+        if (!reg || vm->disconnected)
+                return -EPIPE;
+        if (reg->reason[0] || vm->reason[0])
+                return -EPERM;
+        return queue(&vm->merges, &vm->n_merges, &vm->cap_merges, page, loc);
+}
+
+static int merge_zero(void *ud, dedup_page_t page) {
+        return merge(ud, page, DEDUP_LOC_ZERO);
+}
+
+static int unmerge(void *ud, dedup_page_t page, uint64_t loc) {
+        Vm *vm = NULL;
+        VmRegion *reg = vm_page_region(ud, page, &vm);
+
+        if (!reg || vm->disconnected)
+                return -EPIPE;
+        return queue(&vm->unmerges, &vm->n_unmerges, &vm->cap_unmerges, page, loc);
+}
+
+static uint64_t now_ms(void *ud) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+const DedupEngineOps manager_engine_ops = {
+        .page_read = page_read,
+        .canon_read = canon_read,
+        .canon_alloc = canon_alloc,
+        .canon_free = canon_free,
+        .canon_nid = canon_nid,
+        .merge = merge,
+        .merge_zero = merge_zero,
+        .unmerge = unmerge,
+        .now_ms = now_ms,
+};
+
+/* Building REMAP messages */
+
+typedef struct RemapBuilder {
+        struct dedup_msg_remap *msg;
+        _Alignas(8) uint8_t space[sizeof(struct dedup_msg_remap) +
+                                  DEDUP_PROTO_MAX_ENTRIES * sizeof(struct dedup_remap_entry)];
+} RemapBuilder;
+
+static int inflight_slot(Vm *vm, uint64_t *ret) {
+        for (size_t i = 0; i < vm->cap_inflight; i++)
+                if (!vm->inflight[i].used) {
+                        *ret = i;
+                        return 0;
+                }
+        size_t cap = vm->cap_inflight ? vm->cap_inflight * 2 : 64;
+        InFlight *f = realloc(vm->inflight, cap * sizeof(InFlight));
+        if (!f)
+                return -ENOMEM;
+        memset(f + vm->cap_inflight, 0, (cap - vm->cap_inflight) * sizeof(InFlight));
+        vm->inflight = f;
+        *ret = vm->cap_inflight;
+        vm->cap_inflight = cap;
+        return 0;
+}
+
+static int builder_send(Vm *vm, RemapBuilder *b) {
+        size_t len;
+        int r;
+
+        if (b->msg->count == 0)
+                return 0;
+        len = sizeof(*b->msg) + b->msg->count * sizeof(struct dedup_remap_entry);
+        dedup_proto_init_header(&b->msg->hdr, DEDUP_MSG_REMAP, (uint32_t) len, 0);
+        r = vm_send(vm, b->msg, len, NULL, 0);
+        b->msg->count = 0;
+        return r;
+}
+
+static int send_pool(Vm *vm, uint16_t id) {
+        Manager *m = vm->manager;
+        struct dedup_msg_pool p = {};
+        PoolStats st;
+        int fd, r;
+
+        if (vm->pools_sent[id / 8] & (1u << (id % 8)))
+                return 0;
+        dedup_proto_init_header(&p.hdr, DEDUP_MSG_POOL, sizeof(p), 0);
+        p.pool_id = id;
+        r = pool_stats(m->pools[id], &st);
+        if (r < 0)
+                return r;
+        /* The size the agent may rely on: pools never shrink (sealed). */
+        p.size = st.capacity_pages * DEDUP_PAGE_SIZE;
+        fd = pool_ro_fd(m->pools[id]);
+        r = vm_send(vm, &p, sizeof(p), &fd, 1);
+        if (r < 0)
+                return r;
+        vm->pools_sent[id / 8] |= (uint8_t) (1u << (id % 8));
+        return 0;
+}
+
+/* Report the outcome of merging n pages from first: 0 or -errno. */
+static void finish_merges(Manager *m, dedup_page_t first, uint32_t n, int error) {
+        for (uint32_t i = 0; i < n; i++)
+                dedup_engine_merge_done(m->engine, first + i, error);
+}
+
+/* Queue a checked sub-run as one REMAP entry. */
+static int add_entry(Vm *vm, RemapBuilder *b, VmRegion *reg, dedup_page_t first, uint32_t n, uint64_t loc) {
+        struct dedup_remap_entry *e;
+        uint64_t slot, off = 0;
+        uint16_t id = 0;
+        int r;
+
+        if (loc == DEDUP_LOC_ZERO && vm->manager->zero_pool >= 0) {
+                /* A run never exceeds the zero area: it starts at 0. */
+                id = (uint16_t) vm->manager->zero_pool;
+                r = send_pool(vm, id);
+                if (r < 0)
+                        return r;
+        } else if (loc != DEDUP_LOC_ZERO) {
+                pool_loc_split(loc, &id, &off);
+                r = send_pool(vm, id);
+                if (r < 0)
+                        return r;
+        }
+        r = inflight_slot(vm, &slot);
+        if (r < 0)
+                return r;
+        if (b->msg->count == DEDUP_PROTO_MAX_ENTRIES) {
+                r = builder_send(vm, b);
+                if (r < 0)
+                        return r;
+        }
+        e = &b->msg->entries[b->msg->count++];
+        *e = (struct dedup_remap_entry) {
+                .region_id = reg->id,
+                .pool_id = loc == DEDUP_LOC_ZERO && vm->manager->zero_pool < 0 ? DEDUP_POOL_ZERO : id,
+                .offset = (uint64_t) (first - reg->first) * DEDUP_PAGE_SIZE,
+                .pool_offset = off,
+                .npages = n,
+                .cookie = slot,
+        };
+        vm->inflight[slot] = (InFlight) {
+                .used = true, .region = reg, .offset = e->offset, .npages = n,
+                .pool_id = e->pool_id, .pool_offset = off,
+        };
+        vma_budget_add(&vm->vma, VMA_RUN_COST);
+        vm->remaps_sent++;
+        vm->manager->merges_started += n;
+        return 0;
+}
+
+/* Steps 1-2 of the protocol for one run, then REMAP entries for the pages
+ * that still hold the canonical content. */
+static int flush_run(Vm *vm, RemapBuilder *b, VmRegion *reg, dedup_page_t first, uint32_t n, uint64_t loc) {
+        Manager *m = vm->manager;
+        uint64_t off = (uint64_t) (first - reg->first) * DEDUP_PAGE_SIZE, len = (uint64_t) n * DEDUP_PAGE_SIZE;
+        uint32_t start = 0;
+        ssize_t k;
+        int r;
+
+        if (!vma_budget_can_add(&vm->vma, VMA_RUN_COST)) {
+                if (!vm->reason[0])
+                        log_warning("VM '%s': VMA budget reached (max_map_count %llu, headroom %llu): not merging more",
+                                    vm->name, (unsigned long long) vm->vma.max, (unsigned long long) vm->vma.headroom);
+                snprintf(vm->reason, sizeof(vm->reason), "VMA budget reached (vm.max_map_count %llu, headroom %llu)",
+                         (unsigned long long) vm->vma.max, (unsigned long long) vm->vma.headroom);
+                finish_merges(m, first, n, -ENOSPC);
+                return 0;
+        }
+        r = uffd_wp(reg->uffd, reg->hva + off, len);
+        if (r < 0) {
+                log_debug("VM '%s': cannot write-protect 0x%llx+%llu: %s", vm->name,
+                          (unsigned long long) (reg->hva + off), (unsigned long long) len, strerror(-r));
+                finish_merges(m, first, n, r);
+                return 0;
+        }
+        k = pread(reg->memfd, m->buf_a, len, (off_t) (reg->memfd_offset + off));
+        if (k == (ssize_t) len && loc != DEDUP_LOC_ZERO) {
+                uint64_t poff;
+                Pool *p = loc_pool(m, loc, &poff);
+                k = p ? pread(pool_fd(p), m->buf_b, len, (off_t) poff) : -1;
+        }
+        if (k != (ssize_t) len) {
+                (void) uffd_unwp(reg->uffd, reg->hva + off, len);
+                finish_merges(m, first, n, -EIO);
+                return 0;
+        }
+        for (uint32_t i = 0; i <= n; i++) {
+                bool same = i < n && memcmp(m->buf_a + (size_t) i * DEDUP_PAGE_SIZE,
+                                            loc == DEDUP_LOC_ZERO ? zero_page : m->buf_b + (size_t) i * DEDUP_PAGE_SIZE,
+                                            DEDUP_PAGE_SIZE) == 0;
+                if (same)
+                        continue;
+                if (i > start) {
+                        uint64_t l = loc == DEDUP_LOC_ZERO ? loc : loc + (uint64_t) start * DEDUP_PAGE_SIZE;
+                        r = add_entry(vm, b, reg, first + start, i - start, l);
+                        if (r < 0)
+                                return r;
+                }
+                if (i < n) {
+                        /* Changed between scan and protection: let it go. */
+                        (void) uffd_unwp(reg->uffd, reg->hva + off + (uint64_t) i * DEDUP_PAGE_SIZE, DEDUP_PAGE_SIZE);
+                        dedup_engine_merge_done(m->engine, first + i, -EAGAIN);
+                }
+                start = i + 1;
+        }
+        return 0;
+}
+
+static int cmp_op(const void *a, const void *b) {
+        const PendingOp *x = a, *y = b;
+
+        return x->page < y->page ? -1 : x->page > y->page;
+}
+
+static int flush_merges(Vm *vm) {
+        RemapBuilder b;
+        size_t i = 0;
+        int r = 0;
+
+        b.msg = (struct dedup_msg_remap *) b.space;
+        b.msg->count = 0;
+        b.msg->flags = 0;
+        qsort(vm->merges, vm->n_merges, sizeof(PendingOp), cmp_op);
+        while (i < vm->n_merges) {
+                PendingOp *o = &vm->merges[i];
+                VmRegion *reg = vm_page_region(vm->manager, o->page, NULL);
+                size_t j = i + 1;
+
+                /* A run: adjacent guest pages onto adjacent canonical pages
+                 * of one pool (or all onto zero memory), within one region. */
+                while (j < vm->n_merges && j - i < DEDUP_PROTO_MAX_RUN) {
+                        PendingOp *q = &vm->merges[j];
+                        bool zero = o->loc == DEDUP_LOC_ZERO;
+                        if (q->page != o->page + (j - i) || q->page - reg->first >= reg->npages ||
+                            (zero ? q->loc != DEDUP_LOC_ZERO : q->loc != o->loc + (j - i) * DEDUP_PAGE_SIZE))
+                                break;
+                        j++;
+                }
+                r = flush_run(vm, &b, reg, o->page, (uint32_t) (j - i), o->loc);
+                if (r < 0)
+                        break;
+                i = j;
+        }
+        if (r >= 0)
+                r = builder_send(vm, &b);
+        if (r < 0) {
+                /* The rest of the queue fails; a send error drops the VM. */
+                for (; i < vm->n_merges; i++)
+                        dedup_engine_merge_done(vm->manager->engine, vm->merges[i].page, r);
+        }
+        vm->n_merges = 0;
+        return r;
+}
+
+static int flush_unmerges(Vm *vm) {
+        _Alignas(8) uint8_t space[sizeof(struct dedup_msg_ranges) + DEDUP_PROTO_MAX_ENTRIES * sizeof(struct dedup_range)];
+        struct dedup_msg_ranges *msg = (void *) space;
+        size_t i = 0;
+        int r = 0;
+
+        qsort(vm->unmerges, vm->n_unmerges, sizeof(PendingOp), cmp_op);
+        msg->count = 0;
+        msg->flags = 0;
+        while (i < vm->n_unmerges) {
+                VmRegion *reg = vm_page_region(vm->manager, vm->unmerges[i].page, NULL);
+                size_t j = i + 1;
+
+                while (j < vm->n_unmerges && j - i < DEDUP_PROTO_MAX_RUN &&
+                       vm->unmerges[j].page == vm->unmerges[i].page + (j - i) &&
+                       vm->unmerges[j].page - reg->first < reg->npages)
+                        j++;
+                msg->ranges[msg->count++] = (struct dedup_range) {
+                        .region_id = reg->id,
+                        .npages = (uint32_t) (j - i),
+                        .offset = (uint64_t) (vm->unmerges[i].page - reg->first) * DEDUP_PAGE_SIZE,
+                };
+                i = j;
+                if (msg->count == DEDUP_PROTO_MAX_ENTRIES || i == vm->n_unmerges) {
+                        size_t len = sizeof(*msg) + msg->count * sizeof(struct dedup_range);
+                        dedup_proto_init_header(&msg->hdr, DEDUP_MSG_UNMERGE, (uint32_t) len, 0);
+                        r = vm_send(vm, msg, len, NULL, 0);
+                        if (r < 0)
+                                break;
+                        msg->count = 0;
+                }
+        }
+        if (r < 0)
+                for (i = 0; i < vm->n_unmerges; i++)
+                        dedup_engine_unmerge_done(vm->manager->engine, vm->unmerges[i].page, r);
+        vm->n_unmerges = 0;
+        return r;
+}
+
+int manager_flush(Manager *m) {
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
+                Vm *vm = m->vms[i];
+                int r;
+
+                if (!vm || (vm->n_merges == 0 && vm->n_unmerges == 0))
+                        continue;
+                r = flush_merges(vm);
+                if (r >= 0)
+                        r = flush_unmerges(vm);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0)
+                        vm_disconnect(vm, r, NULL);
+        }
+        return 0;
+}
+
+/* Replies */
+
+void vm_handle_remap_reply(Vm *vm, const struct dedup_msg_remap *msg) {
+        Manager *m = vm->manager;
+
+        for (uint32_t i = 0; i < msg->count; i++) {
+                const struct dedup_remap_entry *e = &msg->entries[i];
+                InFlight *f;
+                dedup_page_t first;
+
+                if (e->cookie >= vm->cap_inflight || !(f = &vm->inflight[e->cookie])->used ||
+                    f->region->id != e->region_id || f->offset != e->offset || f->npages != e->npages ||
+                    f->pool_id != e->pool_id || f->pool_offset != e->pool_offset)
+                        return vm_disconnect(vm, EPROTO, "REMAP reply for a remap never asked");
+                first = f->region->first + (dedup_page_t) (f->offset / DEDUP_PAGE_SIZE);
+                f->used = false;
+                if (e->status == DEDUP_REMAP_DONE) {
+                        vm->remaps_done++;
+                        m->punched_pages += e->npages;
+                        finish_merges(m, first, e->npages, 0);
+                        continue;
+                }
+                /* Aborted (a write got there first) or failed: the agent left
+                 * its memfd mapping; lift our protection and wake writers. */
+                vm->remaps_aborted++;
+                vma_budget_add(&vm->vma, -VMA_RUN_COST);
+                (void) uffd_unwp(f->region->uffd, f->region->hva + f->offset, (uint64_t) f->npages * DEDUP_PAGE_SIZE);
+                finish_merges(m, first, e->npages, e->status == DEDUP_REMAP_ABORTED ? -EAGAIN : -EIO);
+        }
+}
+
+void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg) {
+        Manager *m = vm->manager;
+        bool unmerged = msg->hdr.type == DEDUP_MSG_UNMERGED;
+
+        for (uint32_t i = 0; i < msg->count; i++) {
+                const struct dedup_range *rg = &msg->ranges[i];
+                VmRegion *reg = NULL;
+
+                for (unsigned j = 0; j < vm->n_regions; j++)
+                        if (vm->regions[j].id == rg->region_id)
+                                reg = &vm->regions[j];
+                if (!reg || rg->offset / DEDUP_PAGE_SIZE + rg->npages > reg->npages)
+                        return vm_disconnect(vm, EINVAL, "range outside its region");
+                for (uint32_t p = 0; p < rg->npages; p++) {
+                        dedup_page_t page = reg->first + (dedup_page_t) (rg->offset / DEDUP_PAGE_SIZE) + p;
+                        if (unmerged && dedup_engine_page_state(m->engine, page) == DEDUP_PAGE_UNMERGING)
+                                dedup_engine_unmerge_done(m->engine, page, 0);
+                        else
+                                dedup_engine_page_written(m->engine, page);
+                }
+        }
+}
+
+void vm_fail_inflight(Vm *vm) {
+        Manager *m = vm->manager;
+
+        for (size_t i = 0; i < vm->cap_inflight; i++) {
+                InFlight *f = &vm->inflight[i];
+                if (!f->used)
+                        continue;
+                f->used = false;
+                finish_merges(m, f->region->first + (dedup_page_t) (f->offset / DEDUP_PAGE_SIZE), f->npages, -EPIPE);
+        }
+        for (size_t i = 0; i < vm->n_merges; i++)
+                dedup_engine_merge_done(m->engine, vm->merges[i].page, -EPIPE);
+        vm->n_merges = 0;
+        for (size_t i = 0; i < vm->n_unmerges; i++)
+                dedup_engine_unmerge_done(m->engine, vm->unmerges[i].page, -EPIPE);
+        vm->n_unmerges = 0;
+        /* Unmerges already sent stay UNMERGING in the engine: fail them too. */
+        for (unsigned j = 0; j < vm->n_regions; j++)
+                for (uint32_t p = 0; p < vm->regions[j].npages; p++) {
+                        dedup_page_t page = vm->regions[j].first + p;
+                        if (dedup_engine_page_state(m->engine, page) == DEDUP_PAGE_UNMERGING)
+                                dedup_engine_unmerge_done(m->engine, page, -EPIPE);
+                }
+}
+
+/* Holds */
+
+static int cmp_u64(const void *a, const void *b) {
+        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+        return x < y ? -1 : x > y;
+}
+
+static int hold_exited(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Manager *m = userdata;
+
+        for (size_t i = 0; i < m->n_holds; i++)
+                if (m->holds[i].source == s) {
+                        manager_release_hold(m, &m->holds[i]);
+                        break;
+                }
+        return 0;
+}
+
+void manager_hold_vm(Manager *m, Vm *vm) {
+        uint64_t *locs = NULL;
+        size_t n = 0, cap = 0;
+        Hold *h;
+
+        if (vm->pid <= 0 || vm->pidfd < 0)
+                return;         /* the process is gone: nothing maps anything */
+        for (unsigned j = 0; j < vm->n_regions; j++)
+                for (uint32_t p = 0; p < vm->regions[j].npages; p++) {
+                        uint64_t loc;
+                        if (dedup_engine_page_loc(m->engine, vm->regions[j].first + p, &loc) < 0 ||
+                            loc == DEDUP_LOC_ZERO)
+                                continue;
+                        if (n == cap) {
+                                uint64_t *l = realloc(locs, (cap = cap ? cap * 2 : 256) * sizeof(uint64_t));
+                                if (!l) {
+                                        free(locs);
+                                        log_oom();
+                                        return;
+                                }
+                                locs = l;
+                        }
+                        locs[n++] = loc;
+                }
+        if (n == 0) {
+                free(locs);
+                return;
+        }
+        qsort(locs, n, sizeof(uint64_t), cmp_u64);
+        h = realloc(m->holds, (m->n_holds + 1) * sizeof(Hold));
+        if (!h) {
+                free(locs);
+                log_oom();
+                return;
+        }
+        m->holds = h;
+        h = &m->holds[m->n_holds++];
+        *h = (Hold) { .pid = vm->pid, .pidfd = TAKE_FD(vm->pidfd), .locs = locs, .n_locs = n };
+        sd_event_source_disable_unref(vm->pid_source);
+        vm->pid_source = NULL;
+        if (sd_event_add_io(m->event, &h->source, h->pidfd, EPOLLIN, hold_exited, m) < 0)
+                log_warning("Cannot watch pid %d: its %zu pool pages stay until restart", (int) h->pid, n);
+        log_info("VM '%s': holding %zu pool pages until pid %d exits", vm->name, n, (int) h->pid);
+}
+
+void manager_release_hold(Manager *m, Hold *h) {
+        size_t idx = (size_t) (h - m->holds);
+        Hold gone = *h;
+
+        m->holds[idx] = m->holds[--m->n_holds];
+        sd_event_source_disable_unref(gone.source);
+        safe_close(gone.pidfd);
+        /* Punch what was freed meanwhile and no other hold keeps. */
+        for (size_t i = 0; i < m->n_deferred;) {
+                uint64_t loc = m->deferred_frees[i];
+                if (bsearch(&loc, gone.locs, gone.n_locs, sizeof(uint64_t), cmp_u64) && !held(m, loc)) {
+                        m->deferred_frees[i] = m->deferred_frees[--m->n_deferred];
+                        canon_free(m, loc);
+                } else
+                        i++;
+        }
+        free(gone.locs);
+}

@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * DOC: pacing the scan, as ksmd does: every SleepMillisecs, look at
+ * PagesToScan pages from the cursor on (VM by VM, region by region), feed
+ * them to the engine, then flush the merges it asked for as batches. When
+ * the cursor wraps, a full scan is done: the engine rebuilds its unstable
+ * tree, and each region is checked again for foreign mappers and each VMM's
+ * VMA count is cross-checked with /proc/PID/maps.
+ *
+ * With Run=2 the same timer drives the incremental unmerge-all instead, a
+ * bounded batch per tick, so the event loop (and later D-Bus) stays live.
+ */
+
+#include <errno.h>
+
+#include "manager.h"
+#include "util.h"
+
+typedef struct ScanCtx {
+        Manager *m;
+        Vm *vm;
+        VmRegion *reg;
+        char key[80];
+} ScanCtx;
+
+static int scan_page(void *userdata, uint64_t offset, const void *data) {
+        ScanCtx *c = userdata;
+        Manager *m = c->m;
+        uint64_t index = (offset - c->reg->memfd_offset) / DEDUP_PAGE_SIZE;
+        dedup_page_t page = c->reg->first + (dedup_page_t) index;
+        int nid = 0;
+
+        if (dedup_engine_should_skip(m->engine, page))
+                return 0;
+        if (!dedup_engine_get_merge_across_nodes(m->engine)) {
+                nid = numa_topology_guest_page_nid(m->topology, c->key, index, c->vm->pid,
+                                                   c->reg->hva + index * DEDUP_PAGE_SIZE);
+                if (nid < 0)
+                        nid = 0;
+        }
+        return dedup_engine_scan_page(m->engine, page, data, nid) == -ENOMEM ? -ENOMEM : 0;
+}
+
+static void full_scan_done(Manager *m) {
+        int r;
+
+        r = dedup_engine_full_scan_done(m->engine);
+        if (r < 0)
+                log_warning_errno(r, "Full scan bookkeeping failed: %m");
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
+                Vm *vm = m->vms[i];
+                uint64_t vmas;
+                bool foreign = false;
+
+                if (!vm || vm->disconnected || !vm->hello_done)
+                        continue;
+                for (unsigned j = 0; j < vm->n_regions; j++) {
+                        bool was = vm->regions[j].reason[0];
+                        if (!vm_region_mergeable(vm, &vm->regions[j])) {
+                                foreign = true;
+                                if (!was)
+                                        log_warning("VM '%s' region %u: %s: unmerging it", vm->name,
+                                                    vm->regions[j].id, vm->regions[j].reason);
+                        }
+                }
+                /* Merged pages of a region someone else maps read as zeros
+                 * there: give them back their own copies. */
+                if (foreign)
+                        (void) dedup_engine_unmerge_vm(m->engine, vm->engine_vm, UINT32_MAX);
+                if (vma_count_pid(NULL, vm->pid, &vmas) >= 0) {
+                        vma_budget_resync(&vm->vma, vmas);
+                        if (vm->reason[0] && vma_budget_can_add(&vm->vma, 16 * VMA_RUN_COST))
+                                vm->reason[0] = 0;
+                }
+        }
+        manager_write_status(m);
+}
+
+/* Advance the cursor to the next region worth scanning; false if none. */
+static bool cursor_region(Manager *m, Vm **ret_vm, VmRegion **ret_reg) {
+        for (unsigned tries = 0; tries <= MANAGER_MAX_VMS; tries++) {
+                Vm *vm = m->vms[m->cursor_vm];
+
+                if (vm && !vm->disconnected && vm->hello_done && m->cursor_region < vm->n_regions) {
+                        VmRegion *reg = &vm->regions[m->cursor_region];
+                        if (m->cursor_page < reg->npages && !reg->reason[0]) {
+                                *ret_vm = vm;
+                                *ret_reg = reg;
+                                return true;
+                        }
+                        m->cursor_region++;
+                        m->cursor_page = 0;
+                        tries--;        /* same VM, next region */
+                        continue;
+                }
+                m->cursor_region = 0;
+                m->cursor_page = 0;
+                if (++m->cursor_vm == MANAGER_MAX_VMS) {
+                        m->cursor_vm = 0;
+                        if (m->scanned_any)
+                                full_scan_done(m);
+                        m->scanned_any = false;
+                }
+        }
+        return false;
+}
+
+static int scan_batch(Manager *m) {
+        unsigned budget = m->pages_to_scan;
+        Vm *vm;
+        VmRegion *reg;
+        int r;
+
+        while (budget > 0 && cursor_region(m, &vm, &reg)) {
+                ScanCtx c = { .m = m, .vm = vm, .reg = reg };
+                uint32_t n = (uint32_t) MIN((uint64_t) budget, reg->npages - m->cursor_page);
+
+                snprintf(c.key, sizeof(c.key), "%s/%u", vm->name, reg->id);
+                r = scanner_read(m->scanner, reg->memfd, reg->memfd_offset + m->cursor_page * DEDUP_PAGE_SIZE, n,
+                                 scan_page, &c);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0)
+                        log_warning_errno(r, "VM '%s': cannot read region %u: %m", vm->name, reg->id);
+                m->cursor_page += n;
+                m->scanned_any = true;
+                budget -= n;
+        }
+        return manager_flush(m);
+}
+
+static int scan_tick(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        int r = 0;
+
+        if (m->run == 1)
+                r = scan_batch(m);
+        else if (m->run == 2 && dedup_engine_unmerge_all(m->engine, m->pages_to_scan) >= 0)
+                r = manager_flush(m);
+        if (r == -ENOMEM)
+                log_oom();
+        return manager_schedule_scan(m);
+}
+
+int manager_schedule_scan(Manager *m) {
+        uint64_t now;
+        int r;
+
+        r = sd_event_now(m->event, CLOCK_MONOTONIC, &now);
+        if (r < 0)
+                return r;
+        if (!m->scan_timer)
+                return sd_event_add_time(m->event, &m->scan_timer, CLOCK_MONOTONIC, now + m->sleep_ms * 1000ULL, 0,
+                                         scan_tick, m);
+        r = sd_event_source_set_time(m->scan_timer, now + m->sleep_ms * 1000ULL);
+        if (r < 0)
+                return r;
+        return sd_event_source_set_enabled(m->scan_timer, SD_EVENT_ONESHOT);
+}

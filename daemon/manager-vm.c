@@ -1,0 +1,379 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * DOC: VMs, as the daemon sees them through their agent's socket.
+ *
+ * Everything a VMM sends is untrusted: each message is validated in full
+ * (dedup_proto_validate, then against this VM's own state) and anything bad
+ * gets an ERROR reply naming the problem and closes that VM's connection.
+ * Closing never harms the guest: the agent unprotects its RAM on EOF, and
+ * canonical pages the VMM may still map are held until its process exits
+ * (manager_hold_vm), so no pool page it maps is ever punched.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/time.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "manager.h"
+#include "mappers.h"
+#include "uffd-ops.h"
+#include "util.h"
+
+static int pidfd_open_compat(pid_t pid) {
+        return (int) syscall(SYS_pidfd_open, pid, 0);
+}
+
+int vm_send(Vm *vm, void *msg, size_t len, const int *fds, size_t nfds) {
+        struct dedup_msg_header *h = msg;
+
+        h->seq = ++vm->seq;
+        return dedup_proto_send(vm->fd, msg, fds, nfds);
+}
+
+static void vm_send_error(Vm *vm, int error, const char *text) {
+        struct dedup_msg_error e = {};
+
+        dedup_proto_init_header(&e.hdr, DEDUP_MSG_ERROR, sizeof(e), 0);
+        e.error = abs(error);
+        snprintf(e.text, sizeof(e.text), "%s", text);
+        (void) vm_send(vm, &e, sizeof(e), NULL, 0);
+}
+
+Vm *vm_free(Vm *vm) {
+        if (!vm)
+                return NULL;
+        sd_event_source_disable_unref(vm->io_source);
+        sd_event_source_disable_unref(vm->pid_source);
+        safe_close(vm->fd);
+        safe_close(vm->pidfd);
+        for (unsigned i = 0; i < vm->n_regions; i++) {
+                safe_close(vm->regions[i].memfd);
+                safe_close(vm->regions[i].uffd);
+        }
+        free(vm->merges);
+        free(vm->unmerges);
+        free(vm->inflight);
+        free(vm);
+        return NULL;
+}
+
+static unsigned vm_slot(Manager *m, Vm *vm) {
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
+                if (m->vms[i] == vm)
+                        return i;
+        return MANAGER_MAX_VMS;
+}
+
+/* Forget a VM whose agent is gone: its in-flight work fails, its pages
+ * leave the engine in bounded steps (a deferred event per step). */
+static int vm_teardown_step(sd_event_source *s, void *userdata) {
+        Vm *vm = userdata;
+        Manager *m = vm->manager;
+        int r;
+
+        if (vm->hello_done) {
+                r = dedup_engine_remove_vm(m->engine, vm->engine_vm, 65536);
+                if (r > 0)
+                        return 0;       /* more next iteration; the source stays on */
+                if (r < 0)
+                        log_error_errno(r, "VM '%s': cannot forget its pages: %m", vm->name);
+        }
+        sd_event_source_disable_unref(s);
+        m->vms[vm_slot(m, vm)] = NULL;
+        log_info("VM '%s' (pid %d) gone", vm->name[0] ? vm->name : "?", (int) vm->pid);
+        vm_free(vm);
+        manager_write_status(m);
+        return 0;
+}
+
+void vm_disconnect(Vm *vm, int error, const char *why) {
+        Manager *m = vm->manager;
+        sd_event_source *s = NULL;
+        int r;
+
+        if (vm->disconnected)
+                return;
+        vm->disconnected = true;
+        if (why) {
+                log_warning("VM '%s' (pid %d): %s; closing its connection", vm->name[0] ? vm->name : "?",
+                            (int) vm->pid, why);
+                vm_send_error(vm, error, why);
+        }
+        sd_event_source_disable_unref(vm->io_source);
+        vm->io_source = NULL;
+        vm->fd = safe_close(vm->fd);
+        /* Its VMM may live on with pool pages mapped, in-flight remaps
+         * included (the agent may have mapped them before it went): keep
+         * them, then fail what was in flight. */
+        if (vm->hello_done)
+                manager_hold_vm(m, vm);
+        vm_fail_inflight(vm);
+        r = sd_event_add_defer(m->event, &s, vm_teardown_step, vm);
+        if (r < 0) {
+                log_error_errno(r, "Cannot schedule teardown of VM '%s': %m", vm->name);
+                return;
+        }
+        (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
+}
+
+static bool name_taken(Manager *m, const char *name) {
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
+                if (m->vms[i] && !m->vms[i]->disconnected && m->vms[i]->hello_done &&
+                    strcmp(m->vms[i]->name, name) == 0)
+                        return true;
+        return false;
+}
+
+static void vm_handle_hello(Vm *vm, const struct dedup_msg_hello *h) {
+        Manager *m = vm->manager;
+        struct dedup_msg_welcome w = {};
+        uint64_t vmas = 0;
+        int r;
+
+        if (vm->hello_done)
+                return vm_disconnect(vm, EPROTO, "second HELLO");
+        if ((pid_t) h->pid != vm->pid)
+                return vm_disconnect(vm, EPERM, "HELLO pid differs from the socket peer's");
+        if (name_taken(m, h->name))
+                return vm_disconnect(vm, EEXIST, "a VM of that name is already registered");
+        memcpy(vm->name, h->name, sizeof(vm->name));
+        memcpy(vm->uuid, h->uuid, sizeof(vm->uuid));
+        r = dedup_engine_add_vm(m->engine, 0, &vm->engine_vm);
+        if (r < 0)
+                return vm_disconnect(vm, r, "cannot register the VM");
+        vm->hello_done = true;
+        r = vma_count_pid(NULL, vm->pid, &vmas);
+        if (r < 0)
+                log_warning_errno(r, "VM '%s': cannot count its VMAs: %m", vm->name);
+        vma_budget_init(&vm->vma, m->max_map_count, m->vma_headroom, vmas);
+
+        dedup_proto_init_header(&w.hdr, DEDUP_MSG_WELCOME, sizeof(w), 0);
+        w.vm_id = vm->engine_vm;
+        r = vm_send(vm, &w, sizeof(w), NULL, 0);
+        if (r < 0)
+                return vm_disconnect(vm, r, NULL);
+        log_info("VM '%s' (pid %d, uuid %s) registered", vm->name, (int) vm->pid, vm->uuid[0] ? vm->uuid : "-");
+}
+
+/* Other processes mapping a region's memfd would read merged pages as
+ * zeros (they map the memfd, not our pools): never merge such a region. */
+static bool region_has_foreign_mapper(Vm *vm, VmRegion *reg) {
+        pid_t pids[4];
+        size_t n = 0;
+        int r;
+
+        r = mappers_find(NULL, reg->dev, reg->ino, vm->pid, getpid(), pids, ELEMENTSOF(pids), &n);
+        if (r < 0) {
+                snprintf(reg->reason, sizeof(reg->reason), "cannot check for other mappers: %s", strerror(-r));
+                return true;
+        }
+        if (n == 0) {
+                reg->reason[0] = 0;
+                return false;
+        }
+        snprintf(reg->reason, sizeof(reg->reason), "memfd also mapped by pid %d%s", (int) pids[0],
+                 n > 1 ? " and others" : "");
+        return true;
+}
+
+bool vm_region_mergeable(Vm *vm, VmRegion *reg) {
+        return !region_has_foreign_mapper(vm, reg);
+}
+
+static void vm_handle_region(Vm *vm, const struct dedup_msg_region *msg, int *fds) {
+        Manager *m = vm->manager;
+        VmRegion *reg;
+        const char *why = NULL;
+        struct stat st;
+        int r;
+
+        if (!vm->hello_done)
+                return vm_disconnect(vm, EPROTO, "REGION before HELLO");
+        if (vm->n_regions >= MANAGER_MAX_REGIONS)
+                return vm_disconnect(vm, E2BIG, "too many regions");
+        r = dedup_proto_check_region_fds(fds[0], fds[1], msg->memfd_offset, msg->size, &why);
+        if (r < 0)
+                return vm_disconnect(vm, r, why ? why : "bad region fds");
+        if (msg->size / DEDUP_PAGE_SIZE > UINT32_MAX)
+                return vm_disconnect(vm, E2BIG, "region too large");
+        if (fstat(fds[0], &st) < 0)
+                return vm_disconnect(vm, errno, "cannot stat the region's memfd");
+        /* The agent writes guest pages back on copy-on-write breaks. */
+        if ((fcntl(fds[0], F_GETFL) & O_ACCMODE) != O_RDWR)
+                return vm_disconnect(vm, EBADF, "region memfd not opened read-write");
+        for (unsigned i = 0; i < m->n_pools; i++) {
+                struct stat ps;
+                if (fstat(pool_fd(m->pools[i]), &ps) == 0 && ps.st_dev == st.st_dev && ps.st_ino == st.st_ino)
+                        return vm_disconnect(vm, EPERM, "region memfd is a dedupd pool");
+        }
+        for (unsigned i = 0; i < vm->n_regions; i++) {
+                VmRegion *o = &vm->regions[i];
+                if (o->id == msg->region_id)
+                        return vm_disconnect(vm, EEXIST, "region id used twice");
+                if (msg->hva < o->hva + o->size && o->hva < msg->hva + msg->size)
+                        return vm_disconnect(vm, EINVAL, "region overlaps another in host addresses");
+                if (o->dev == st.st_dev && o->ino == st.st_ino && msg->memfd_offset < o->memfd_offset + o->size &&
+                    o->memfd_offset < msg->memfd_offset + msg->size)
+                        return vm_disconnect(vm, EINVAL, "region overlaps another in its memfd");
+        }
+        /* A memfd registered by another VM would let this one merge or
+         * unmerge pages of that guest. */
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
+                Vm *o = m->vms[i];
+                if (!o || o == vm)
+                        continue;
+                for (unsigned j = 0; j < o->n_regions; j++)
+                        if (o->regions[j].dev == st.st_dev && o->regions[j].ino == st.st_ino)
+                                return vm_disconnect(vm, EPERM, "memfd belongs to another VM");
+        }
+
+        reg = &vm->regions[vm->n_regions];
+        *reg = (VmRegion) {
+                .id = msg->region_id, .gpa = msg->gpa, .size = msg->size, .memfd_offset = msg->memfd_offset,
+                .hva = msg->hva, .memfd = fds[0], .uffd = fds[1], .dev = st.st_dev, .ino = st.st_ino,
+                .npages = (uint32_t) (msg->size / DEDUP_PAGE_SIZE),
+        };
+        r = dedup_engine_add_region(m->engine, vm->engine_vm, reg->npages, &reg->first);
+        if (r < 0)
+                return vm_disconnect(vm, r, "cannot track the region");
+        fds[0] = fds[1] = -1;
+        vm->n_regions++;
+        (void) vm_region_mergeable(vm, reg);
+        log_info("VM '%s': region %u, %llu MiB at gpa 0x%llx%s%s", vm->name, reg->id,
+                 (unsigned long long) (reg->size >> 20), (unsigned long long) reg->gpa,
+                 reg->reason[0] ? ", not merged: " : "", reg->reason);
+        manager_write_status(m);
+}
+
+static int vm_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Vm *vm = userdata;
+        _Alignas(8) uint8_t buf[DEDUP_PROTO_MAX_MSG];
+        int fds[2] = { -1, -1 };
+        const struct dedup_msg_header *h = (const void *) buf;
+        const char *why = NULL;
+        size_t nfds = 0;
+        ssize_t n;
+        int r;
+
+        n = dedup_proto_recv(fd, buf, sizeof(buf), fds, ELEMENTSOF(fds), &nfds);
+        if (n == -EAGAIN || n == -EINTR)
+                return 0;
+        if (n == 0) {
+                vm_disconnect(vm, 0, NULL);
+                goto out;
+        }
+        if (n < 0) {
+                char text[96];
+                snprintf(text, sizeof(text), "unreadable message: %s", strerror((int) -n));
+                vm_disconnect(vm, (int) n, text);
+                goto out;
+        }
+        r = dedup_proto_validate(buf, (size_t) n, nfds, &why);
+        if (r < 0) {
+                vm_disconnect(vm, r, why ? why : "malformed message");
+                goto out;
+        }
+        switch (h->type) {
+        case DEDUP_MSG_HELLO:
+                vm_handle_hello(vm, (const void *) buf);
+                break;
+        case DEDUP_MSG_REGION:
+                vm_handle_region(vm, (const void *) buf, fds);
+                break;
+        case DEDUP_MSG_REMAP_REPLY:
+                vm_handle_remap_reply(vm, (const void *) buf);
+                break;
+        case DEDUP_MSG_UNMERGED:
+        case DEDUP_MSG_WRITTEN:
+                vm_handle_ranges(vm, (const void *) buf);
+                break;
+        case DEDUP_MSG_BYE:
+                log_info("VM '%s' said goodbye", vm->name);
+                vm_disconnect(vm, 0, NULL);
+                break;
+        default:
+                vm_disconnect(vm, EPROTO, "message type not accepted from an agent");
+        }
+out:
+        safe_close(fds[0]);
+        safe_close(fds[1]);
+        return 0;
+}
+
+static int vm_pid_exited(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Vm *vm = userdata;
+
+        sd_event_source_disable_unref(vm->pid_source);
+        vm->pid_source = NULL;
+        vm->pid = 0;            /* nothing left to hold pages for */
+        vm_disconnect(vm, 0, NULL);
+        return 0;
+}
+
+int manager_accept(Manager *m, int fd) {
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        unsigned slot;
+        Vm *vm;
+        int r;
+
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return log_warning_errno(-errno, "Cannot read peer credentials: %m");
+        if (cred.uid != 0 && (m->allowed_gid == (gid_t) -1 || cred.gid != m->allowed_gid)) {
+                log_warning("Refusing VMM registration from pid %d (uid %u gid %u): only root%s may register",
+                            (int) cred.pid, cred.uid, cred.gid, m->allowed_gid == (gid_t) -1 ? "" : " and the allowed group");
+                return -EPERM;
+        }
+        for (slot = 0; slot < MANAGER_MAX_VMS && m->vms[slot]; slot++)
+                ;
+        if (slot == MANAGER_MAX_VMS)
+                return log_warning_errno(-EMFILE, "Refusing VMM pid %d: too many VMs", (int) cred.pid);
+        vm = calloc(1, sizeof(*vm));
+        if (!vm)
+                return -ENOMEM;
+        vm->manager = m;
+        vm->fd = -1;
+        vm->pidfd = -1;
+        vm->pid = cred.pid;
+        vm->uid = cred.uid;
+        r = sd_event_add_io(m->event, &vm->io_source, fd, EPOLLIN, vm_io, vm);
+        if (r < 0) {
+                vm_free(vm);
+                return r;
+        }
+        /* Sends block, boundedly: a batch must not fail because the agent
+         * is a moment behind, and a stuck agent must not stall the daemon. */
+        (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+        (void) setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &(struct timeval) { .tv_sec = 2 }, sizeof(struct timeval));
+        (void) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &(int) { 4 << 20 }, sizeof(int));
+        vm->fd = fd;
+        vm->pidfd = pidfd_open_compat(cred.pid);
+        if (vm->pidfd >= 0)
+                (void) sd_event_add_io(m->event, &vm->pid_source, vm->pidfd, EPOLLIN, vm_pid_exited, vm);
+        m->vms[slot] = vm;
+        return 0;
+}
+
+VmRegion *vm_page_region(Manager *m, dedup_page_t page, Vm **ret_vm) {
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
+                Vm *vm = m->vms[i];
+                if (!vm)
+                        continue;
+                for (unsigned j = 0; j < vm->n_regions; j++) {
+                        VmRegion *r = &vm->regions[j];
+                        if (page >= r->first && page - r->first < r->npages) {
+                                if (ret_vm)
+                                        *ret_vm = vm;
+                                return r;
+                        }
+                }
+        }
+        return NULL;
+}

@@ -1,0 +1,273 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * DOC: the manager: event loop, registration socket, tunables, status.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "manager.h"
+#include "util.h"
+
+int manager_new(Manager **ret) {
+        Manager *m;
+        int r;
+
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        m->listen_fd = -1;
+        m->allowed_gid = (gid_t) -1;
+        m->zero_pool = -1;
+        m->run = 1;
+        m->pages_to_scan = 10000;
+        m->sleep_ms = 20;
+        m->vma_headroom = 4096;
+        r = sd_event_default(&m->event);
+        if (r >= 0)
+                r = dedup_engine_new(&manager_engine_ops, m, &m->engine);
+        if (r >= 0)
+                r = scanner_new(4, 256, &m->scanner);
+        if (r >= 0)
+                r = vma_budget_read_max_map_count(NULL, &m->max_map_count);
+        if (r < 0) {
+                manager_free(m);
+                return r;
+        }
+        *ret = m;
+        return 0;
+}
+
+Manager *manager_free(Manager *m) {
+        if (!m)
+                return NULL;
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
+                vm_free(m->vms[i]);
+        for (size_t i = 0; i < m->n_holds; i++) {
+                sd_event_source_disable_unref(m->holds[i].source);
+                safe_close(m->holds[i].pidfd);
+                free(m->holds[i].locs);
+        }
+        free(m->holds);
+        free(m->deferred_frees);
+        dedup_engine_free(m->engine);
+        for (unsigned i = 0; i < m->n_pools; i++)
+                pool_free(m->pools[i]);
+        scanner_free(m->scanner);
+        numa_topology_free(m->topology);
+        sd_event_source_disable_unref(m->listen_source);
+        sd_event_source_disable_unref(m->scan_timer);
+        sd_event_source_disable_unref(m->status_timer);
+        if (m->listen_fd_owned && m->socket_path)
+                (void) unlink(m->socket_path);
+        safe_close(m->listen_fd);
+        sd_event_unref(m->event);
+        free(m->socket_path);
+        free(m->status_file);
+        free(m);
+        return NULL;
+}
+
+static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Manager *m = userdata;
+        int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+        if (cfd < 0) {
+                if (errno != EAGAIN && errno != EINTR)
+                        log_warning_errno(-errno, "accept() failed: %m");
+                return 0;
+        }
+        if (manager_accept(m, cfd) < 0)
+                safe_close(cfd);
+        return 0;
+}
+
+/* Use the socket systemd passed (dedupd.socket) or bind our own. */
+int manager_listen(Manager *m, const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int n, fd, r;
+
+        m->socket_path = strdup(path);
+        if (!m->socket_path)
+                return -ENOMEM;
+        n = sd_listen_fds(true);
+        if (n > 1)
+                return log_error_errno(-EINVAL, "Expected one socket from systemd, got %d", n);
+        if (n == 1) {
+                fd = SD_LISTEN_FDS_START;
+                if (sd_is_socket_unix(fd, SOCK_SEQPACKET, 1, NULL, 0) <= 0)
+                        return log_error_errno(-EINVAL, "The socket passed by systemd is not a listening SOCK_SEQPACKET socket");
+                (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        } else {
+                if (strlen(path) >= sizeof(sa.sun_path))
+                        return log_error_errno(-ENAMETOOLONG, "Socket path '%s' too long", path);
+                strcpy(sa.sun_path, path);
+                fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+                if (fd < 0)
+                        return log_error_errno(-errno, "socket(): %m");
+                (void) unlink(path);
+                if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(fd, 64) < 0) {
+                        r = -errno;
+                        close(fd);
+                        return log_error_errno(r, "Cannot listen on '%s': %m", path);
+                }
+                /* The kernel checks SO_PEERCRED-independent write access on
+                 * connect: let the allowed group in, we check creds anyway. */
+                (void) chmod(path, m->allowed_gid == (gid_t) -1 ? 0600 : 0660);
+                if (m->allowed_gid != (gid_t) -1)
+                        (void) chown(path, 0, m->allowed_gid);
+                m->listen_fd_owned = true;
+        }
+        m->listen_fd = fd;
+        return sd_event_add_io(m->event, &m->listen_source, fd, EPOLLIN, on_accept, m);
+}
+
+static long rss_anon_kib(void) {
+        char line[128];
+        long kib = -1;
+        FILE *f = fopen("/proc/self/status", "re");
+
+        if (!f)
+                return -1;
+        while (fgets(line, sizeof(line), f))
+                if (sscanf(line, "RssAnon: %ld kB", &kib) == 1)
+                        break;
+        fclose(f);
+        return kib;
+}
+
+/* Does reading untouched private anonymous memory allocate it? */
+static bool kernel_has_zero_page(void) {
+        const size_t len = 1 << 20;
+        volatile uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        long before, after;
+        unsigned sum = 0;
+
+        if (p == MAP_FAILED)
+                return true;
+        before = rss_anon_kib();
+        for (size_t i = 0; i < len; i += DEDUP_PAGE_SIZE)
+                sum += p[i];
+        after = rss_anon_kib();
+        munmap((void *) p, len);
+        return sum != 0 || before < 0 || after - before < (long) (len / 2048);
+}
+
+int manager_setup_zero_pool(Manager *m) {
+        uint64_t off;
+        int r;
+
+        if (kernel_has_zero_page())
+                return 0;
+        /* Group 0xffff is never a merge group (DEDUP_MAX_GROUPS). */
+        r = pool_new(UINT16_MAX, -1, &m->pools[m->n_pools]);
+        if (r < 0)
+                return r;
+        m->zero_pool = (int) m->n_pools++;
+        r = pool_alloc_run(m->pools[m->zero_pool], DEDUP_PROTO_MAX_RUN, &off);
+        if (r < 0)
+                return r;
+        for (unsigned i = 0; i < DEDUP_PROTO_MAX_RUN; i++) {
+                static const uint8_t zero[DEDUP_PAGE_SIZE];
+                r = pool_write(m->pools[m->zero_pool], off + (uint64_t) i * DEDUP_PAGE_SIZE, zero);
+                if (r < 0)
+                        return r;
+        }
+        log_info("No kernel zero page: zero runs map a %u KiB all-zero pool area, not anonymous memory",
+                 DEDUP_PROTO_MAX_RUN * DEDUP_PAGE_SIZE / 1024);
+        return 0;
+}
+
+int manager_set_run(Manager *m, unsigned run) {
+        if (run > 2)
+                return -EINVAL;
+        if (run != m->run)
+                log_info("Run set to %u (%s)", run, run == 0 ? "stop" : run == 1 ? "merge" : "unmerge all");
+        m->run = run;
+        return 0;
+}
+
+static int status_tick(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        manager_write_status(m);
+        (void) sd_event_source_set_time_relative(s, 500 * 1000);
+        return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
+int manager_start(Manager *m) {
+        int r;
+
+        r = manager_schedule_scan(m);
+        if (r < 0)
+                return r;
+        if (m->status_file) {
+                r = sd_event_add_time_relative(m->event, &m->status_timer, CLOCK_MONOTONIC, 0, 0, status_tick, m);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* The status file: counters as key=value lines, rewritten atomically, for
+ * tests and scripts until they use D-Bus. */
+void manager_write_status(Manager *m) {
+        DedupEngineStats st;
+        char tmp[4096];
+        unsigned nvms = 0;
+        FILE *f;
+
+        dedup_engine_stats(m->engine, &st);
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
+                nvms += m->vms[i] && m->vms[i]->hello_done && !m->vms[i]->disconnected;
+        (void) sd_notifyf(false, "STATUS=Merging: %u VMs, %llu MiB saved", nvms,
+                          (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE >> 20));
+        if (!m->status_file)
+                return;
+        snprintf(tmp, sizeof(tmp), "%s.tmp", m->status_file);
+        f = fopen(tmp, "we");
+        if (!f)
+                return;
+        fprintf(f,
+                "run=%u\nvms=%u\npages_shared=%llu\npages_sharing=%llu\npages_unshared=%llu\npages_volatile=%llu\n"
+                "pages_scanned=%llu\nfull_scans=%llu\nstable_node_chains=%llu\nstable_node_dups=%llu\n"
+                "zero_pages=%llu\nmerge_aborts=%llu\nunmerges=%llu\npages_pending=%llu\nmetadata_bytes=%llu\n"
+                "saved_bytes=%llu\npunched_pages=%llu\npools=%u\nholds=%zu\n",
+                m->run, nvms, (unsigned long long) st.pages_shared, (unsigned long long) st.pages_sharing,
+                (unsigned long long) st.pages_unshared, (unsigned long long) st.pages_volatile,
+                (unsigned long long) st.pages_scanned, (unsigned long long) st.full_scans,
+                (unsigned long long) st.stable_node_chains, (unsigned long long) st.stable_node_dups,
+                (unsigned long long) st.zero_pages, (unsigned long long) st.merge_aborts,
+                (unsigned long long) st.unmerges, (unsigned long long) st.pages_pending,
+                (unsigned long long) st.metadata_bytes,
+                (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE),
+                (unsigned long long) m->punched_pages, m->n_pools, m->n_holds);
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
+                Vm *vm = m->vms[i];
+                DedupVmStats vs;
+
+                if (!vm || !vm->hello_done || vm->disconnected ||
+                    dedup_engine_vm_stats(m->engine, vm->engine_vm, &vs) < 0)
+                        continue;
+                fprintf(f, "vm.%s.pid=%d\nvm.%s.merging_pages=%llu\nvm.%s.zero_pages=%llu\nvm.%s.vmas=%llu\n",
+                        vm->name, (int) vm->pid, vm->name, (unsigned long long) vs.merging_pages, vm->name,
+                        (unsigned long long) vs.zero_pages, vm->name, (unsigned long long) vm->vma.current);
+                if (vm->reason[0])
+                        fprintf(f, "vm.%s.reason=%s\n", vm->name, vm->reason);
+                for (unsigned j = 0; j < vm->n_regions; j++)
+                        if (vm->regions[j].reason[0])
+                                fprintf(f, "vm.%s.region.%u.reason=%s\n", vm->name, vm->regions[j].id,
+                                        vm->regions[j].reason);
+        }
+        if (fclose(f) == 0)
+                (void) rename(tmp, m->status_file);
+}

@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+/*
+ * The manager owns the sd-event loop and all daemon state: the engine, the
+ * pools, the registered VMs and the scan cursor. manager-vm.c speaks the
+ * wire protocol with each VMM's agent, manager-merge.c carries out the
+ * engine's decisions (DESIGN.md §2), manager-scan.c paces the scanning.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <systemd/sd-event.h>
+
+#include "dedup-engine.h"
+#include "dedup-proto.h"
+#include "numa-topology.h"
+#include "pool.h"
+#include "scanner.h"
+#include "vma-budget.h"
+
+#define MANAGER_MAX_VMS 1024
+#define MANAGER_MAX_REGIONS 64          /* per VM */
+#define MANAGER_MAX_POOLS 256
+
+typedef struct Manager Manager;
+typedef struct Vm Vm;
+
+/* One guest RAM region of a VM. */
+typedef struct VmRegion {
+        uint32_t id;                    /* the agent's region id */
+        uint64_t gpa, size, memfd_offset, hva;
+        int memfd;
+        int uffd;
+        dev_t dev;
+        ino_t ino;
+        dedup_page_t first;             /* engine page id of its first page */
+        uint32_t npages;
+        char reason[128];               /* why it is not merged, "" when it is */
+} VmRegion;
+
+/* A merge or unmerge queued for the next flush. */
+typedef struct PendingOp {
+        dedup_page_t page;
+        uint64_t loc;                   /* canonical location, DEDUP_LOC_ZERO for zero memory */
+} PendingOp;
+
+/* A remap entry sent to the agent and not answered yet. */
+typedef struct InFlight {
+        bool used;
+        VmRegion *region;
+        uint64_t offset;                /* in the region */
+        uint32_t npages;
+        uint32_t pool_id;
+        uint64_t pool_offset;
+} InFlight;
+
+struct Vm {
+        Manager *manager;
+        uint32_t engine_vm;
+        char name[64];
+        char uuid[37];
+        pid_t pid;
+        uid_t uid;
+        int fd;
+        int pidfd;
+        sd_event_source *io_source;
+        sd_event_source *pid_source;
+        bool hello_done;
+        bool disconnected;              /* the agent is gone; state being torn down */
+        uint32_t seq;
+
+        VmRegion regions[MANAGER_MAX_REGIONS];
+        unsigned n_regions;
+
+        VmaBudget vma;
+        uint8_t pools_sent[MANAGER_MAX_POOLS / 8];
+
+        PendingOp *merges;              /* queued by the engine, flushed per batch */
+        size_t n_merges, cap_merges;
+        PendingOp *unmerges;
+        size_t n_unmerges, cap_unmerges;
+        InFlight *inflight;             /* indexed by remap cookie */
+        size_t cap_inflight;
+        uint64_t remaps_sent, remaps_done, remaps_aborted;
+        char reason[128];               /* VM-wide reason merging stopped, "" if none */
+};
+
+/* Canonical pages still mapped by a VMM that the daemon no longer talks to
+ * (its agent said BYE or broke the protocol but the process lives on): they
+ * must not be punched until that process exits. */
+typedef struct Hold {
+        pid_t pid;
+        int pidfd;
+        sd_event_source *source;
+        uint64_t *locs;
+        size_t n_locs;
+} Hold;
+
+struct Manager {
+        sd_event *event;
+        DedupEngine *engine;
+        Scanner *scanner;
+        NumaTopology *topology;
+
+        char *socket_path;
+        int listen_fd;
+        bool listen_fd_owned;           /* we created the socket file */
+        sd_event_source *listen_source;
+        gid_t allowed_gid;              /* besides root; (gid_t) -1: root only */
+
+        Vm *vms[MANAGER_MAX_VMS];
+        Pool *pools[MANAGER_MAX_POOLS];
+        unsigned n_pools;
+        /* Without a kernel zero page (e.g. pvm_no_zero_page=1) reading an
+         * anonymous zero overlay allocates memory; zero runs then map this
+         * pool's all-zero area instead (DEDUP_PROTO_MAX_RUN pages): reads
+         * share its page cache. -1 when the kernel zero page works. */
+        int zero_pool;
+        Hold *holds;
+        size_t n_holds;
+        uint64_t *deferred_frees;       /* freed while held */
+        size_t n_deferred, cap_deferred;
+
+        /* tunables (KSM's names) */
+        unsigned run;                   /* 0 stop, 1 run, 2 unmerge all */
+        unsigned pages_to_scan;
+        unsigned sleep_ms;
+        uint64_t vma_headroom;
+        uint64_t max_map_count;
+
+        /* scan cursor */
+        unsigned cursor_vm;
+        unsigned cursor_region;
+        uint64_t cursor_page;
+        bool scanned_any;
+        sd_event_source *scan_timer;
+        uint64_t full_scan_started_us;
+
+        char *status_file;
+        sd_event_source *status_timer;
+        uint64_t merges_started, punched_pages;
+        uint8_t buf_a[512 * DEDUP_PAGE_SIZE] __attribute__((aligned(64)));
+        uint8_t buf_b[512 * DEDUP_PAGE_SIZE] __attribute__((aligned(64)));
+};
+
+int manager_new(Manager **ret);
+Manager *manager_free(Manager *m);
+static inline void manager_freep(Manager **m) {
+        manager_free(*m);
+}
+int manager_listen(Manager *m, const char *path);
+int manager_start(Manager *m);
+int manager_setup_zero_pool(Manager *m);
+int manager_set_run(Manager *m, unsigned run);
+void manager_write_status(Manager *m);
+
+/* manager-vm.c */
+int manager_accept(Manager *m, int fd);
+void vm_disconnect(Vm *vm, int error, const char *why);
+Vm *vm_free(Vm *vm);
+VmRegion *vm_page_region(Manager *m, dedup_page_t page, Vm **ret_vm);
+bool vm_region_mergeable(Vm *vm, VmRegion *reg);
+int vm_send(Vm *vm, void *msg, size_t len, const int *fds, size_t nfds);
+
+/* manager-merge.c */
+extern const DedupEngineOps manager_engine_ops;
+int manager_flush(Manager *m);
+void vm_handle_remap_reply(Vm *vm, const struct dedup_msg_remap *msg);
+void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg);
+void vm_fail_inflight(Vm *vm);
+void manager_hold_vm(Manager *m, Vm *vm);
+void manager_release_hold(Manager *m, Hold *h);
+
+/* manager-scan.c */
+int manager_schedule_scan(Manager *m);

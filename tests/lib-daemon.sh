@@ -1,0 +1,73 @@
+# Shell helpers for tests that run dedupd with guest simulators.
+# Source it; it sets T (a private directory, removed on exit) and kills
+# everything it started on every exit path.
+
+set -eu
+
+: "${top_builddir:=$(cd "$(dirname "$0")/.." && pwd)}"
+DEDUPD="$top_builddir/daemon/dedupd"
+SIM="$top_builddir/tests/guest-sim"
+T=$(mktemp -d /tmp/dedupd-test.XXXXXX)
+PIDS=""
+
+cleanup() {
+        for p in $PIDS; do kill -9 "$p" 2>/dev/null || true; done
+        wait 2>/dev/null || true
+        if [ "${KEEP_TEST_DIR:-}" = 1 ]; then echo "test dir kept: $T"; else rm -rf "$T"; fi
+}
+trap cleanup EXIT INT TERM
+
+skip() { echo "SKIP: $*"; exit 77; }
+fail() {
+        echo "FAIL: $*"
+        [ -f "$T/dedupd.log" ] && { echo "--- dedupd log (tail)"; tail -n 30 "$T/dedupd.log"; }
+        exit 1
+}
+
+[ "$(id -u)" = 0 ] || skip "needs root (userfaultfd on other processes' memory, /proc/PID/maps)"
+[ -x "$DEDUPD" ] || fail "no $DEDUPD"
+[ -x "$SIM" ] || fail "no $SIM"
+
+# start_dedupd [options...]: dedupd on $T/vmm.sock writing $T/status
+start_dedupd() {
+        "$DEDUPD" --socket="$T/vmm.sock" --status-file="$T/status" "$@" >>"$T/dedupd.log" 2>&1 &
+        DEDUPD_PID=$!
+        PIDS="$PIDS $DEDUPD_PID"
+        wait_for 10 "[ -S '$T/vmm.sock' ] && [ -f '$T/status' ]" || fail "dedupd did not start"
+}
+
+# start_sim NAME [options...]: a guest simulator registered with dedupd
+start_sim() {
+        name=$1; shift
+        "$SIM" --name="$name" --socket="$T/vmm.sock" --stats-file="$T/$name.stats" \
+                --ready-file="$T/$name.ready" --stats-interval-ms=200 "$@" >"$T/$name.log" 2>&1 &
+        eval "SIM_PID_$name=$!"
+        PIDS="$PIDS $!"
+        wait_for 30 "[ -f '$T/$name.ready' ]" || { cat "$T/$name.log"; fail "guest-sim $name not ready"; }
+}
+
+# wait_for SECONDS CONDITION: poll every 0.1 s
+wait_for() {
+        end=$(( $(date +%s) + $1 ))
+        while ! eval "$2"; do
+                [ "$(date +%s)" -ge "$end" ] && return 1
+                sleep 0.1
+        done
+        return 0
+}
+
+# stat FILE KEY: a key=value from a status or stats file (0 if absent)
+stat() {
+        v=$(sed -n "s/^$2=//p" "$1" 2>/dev/null | tail -n 1)
+        echo "${v:-0}"
+}
+
+# stop_sim NAME: SIGTERM, then it must exit 0 (no mismatch, no hang)
+stop_sim() {
+        eval "p=\$SIM_PID_$1"
+        kill -TERM "$p" 2>/dev/null || true
+        rc=0
+        wait "$p" || rc=$?
+        grep -h "guest-sim: final" "$T/$1.log" || true
+        [ "$rc" = 0 ] || { tail -n 20 "$T/$1.log"; fail "guest-sim $1 exited $rc"; }
+}
