@@ -194,7 +194,7 @@ int main(int argc, char **argv) {
                 return EXIT_FAILURE;
         }
         log_info("dedupd %s listening on '%s': pages_to_scan=%u sleep_millisecs=%u max_map_count=%llu vma_headroom=%llu",
-                 PACKAGE_VERSION, socket_path, m->pages_to_scan, m->sleep_ms, (unsigned long long) m->max_map_count,
+                 PACKAGE_VERSION, m->socket_path, m->pages_to_scan, m->sleep_ms, (unsigned long long) m->max_map_count,
                  (unsigned long long) m->vma_headroom);
         (void) sd_notify(false, "READY=1");
         manager_write_status(m);

@@ -96,12 +96,12 @@ int manager_listen(Manager *m, const char *path) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         int n, fd, r;
 
-        m->socket_path = strdup(path);
-        if (!m->socket_path)
-                return -ENOMEM;
         n = sd_listen_fds(true);
         if (n > 1)
                 return log_error_errno(-EINVAL, "Expected one socket from systemd, got %d", n);
+        m->socket_path = strdup(n == 1 ? "the socket passed by systemd" : path);
+        if (!m->socket_path)
+                return -ENOMEM;
         if (n == 1) {
                 fd = SD_LISTEN_FDS_START;
                 if (sd_is_socket_unix(fd, SOCK_SEQPACKET, 1, NULL, 0) <= 0)

@@ -29,7 +29,7 @@ wait_for 10 "[ \$(stat $T/status holds) = 0 ]" || fail "pool pages of the dead V
 echo "  forgotten, its pool pages released"
 
 echo "a foreign mapper of a guest memfd:"
-python3 -c "
+/usr/bin/python3 -c "
 import mmap, os, sys, time
 fd = os.open('/proc/$SIM_PID_good/fd/$(memfd_fd good)', os.O_RDWR)
 m = mmap.mmap(fd, 4096)
