@@ -484,8 +484,8 @@ int manager_flush(Manager *m) {
 
                 if (!vm || (vm->n_merges == 0 && vm->n_unmerges == 0))
                         continue;
-                r = flush_merges(vm);
-                if (r >= 0)
+                r = vm->n_merges ? flush_merges(vm) : 0;
+                if (r >= 0 && vm->n_unmerges)
                         r = flush_unmerges(vm);
                 if (r == -ENOMEM)
                         return r;

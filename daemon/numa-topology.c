@@ -132,7 +132,8 @@ static int range_cmp(const void *a, const void *b) {
 static int topology_build(NumaTopology *t, char *errbuf, size_t errlen) {
         size_t k = 0;
 
-        qsort(t->ranges, t->nranges, sizeof(Range), range_cmp);
+        if (t->nranges > 0)
+                qsort(t->ranges, t->nranges, sizeof(Range), range_cmp);
         for (size_t i = 1; i < t->nranges; i++) {
                 Range *a = &t->ranges[i - 1], *b = &t->ranges[i];
                 if (strcmp(a->key, b->key) == 0 && a->first + a->npages > b->first)
