@@ -5,9 +5,9 @@
  * Small helpers shared by the daemon's modules, after systemd's
  * basic/macro.h, fd-util.h and log.h.
  *
- * Cleanup: _cleanup_free_, _cleanup_close_, _cleanup_fclose_,
- * _cleanup_closedir_ and _cleanup_(x_freep); TAKE_PTR()/TAKE_FD() hand a
- * resource over so the cleanup does nothing.
+ * Cleanup: lib/dedup-util.h's _cleanup_free_, _cleanup_close_, TAKE_PTR()
+ * and TAKE_FD(), plus _cleanup_fclose_, _cleanup_closedir_ and
+ * _cleanup_(x_freep) for the daemon's own types.
  *
  * Logging: log_<level>(fmt, ...) and log_<level>_errno(r, fmt, ...) print one
  * line to stderr and the _errno forms return -abs(r), so a caller writes
@@ -31,53 +31,11 @@
 #include <syslog.h>
 #include <unistd.h>
 
-#define _cleanup_(f) __attribute__((cleanup(f)))
-#define _unused_ __attribute__((unused))
-#define _printf_(a, b) __attribute__((format(printf, a, b)))
-#define _likely_(x) __builtin_expect(!!(x), 1)
-#define _unlikely_(x) __builtin_expect(!!(x), 0)
+#include "dedup-util.h"  /* _cleanup_, TAKE_PTR/TAKE_FD, safe_close, MIN/MAX */
 
-#define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
-#define MIN(a, b) ((a) < (b) ? (a) : (b))
-#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
 #define DIV_ROUND_UP(x, y) (((x) + (y) - 1) / (y))
 #define ALIGN_TO(x, a) (((x) + (a) - 1) & ~((__typeof__(x)) (a) - 1))
-
-/* Take a pointer or fd out of a _cleanup_ variable: the cleanup then sees
- * NULL / -EBADF and does nothing. */
-#define TAKE_PTR(p)                               \
-        ({                                        \
-                __typeof__(p) *_pp_ = &(p);       \
-                __typeof__(p) _p_ = *_pp_;        \
-                *_pp_ = NULL;                     \
-                _p_;                              \
-        })
-#define TAKE_FD(fd)                               \
-        ({                                        \
-                int *_fdp_ = &(fd);               \
-                int _fd_ = *_fdp_;                \
-                *_fdp_ = -EBADF;                  \
-                _fd_;                             \
-        })
-
-static inline void freep(void *p) {
-        free(*(void **) p);
-}
-#define _cleanup_free_ _cleanup_(freep)
-
-/* close() that keeps errno, for cleanup paths. Returns -EBADF. */
-static inline int safe_close(int fd) {
-        if (fd >= 0) {
-                int saved = errno;
-                (void) close(fd);
-                errno = saved;
-        }
-        return -EBADF;
-}
-static inline void closep(int *fd) {
-        safe_close(*fd);
-}
-#define _cleanup_close_ _cleanup_(closep)
 
 static inline void fclosep(FILE **f) {
         if (*f)

@@ -192,6 +192,7 @@ void backend_done(Backend *b) {
         free(b->mapped_loc);
         free(b->canon_cid);
         free(b->canon_nid);
+        *b = (Backend) {};
 }
 
 void backend_write(Backend *b, dedup_page_t page, uint64_t cid) {

@@ -15,6 +15,8 @@
  */
 
 #include <check.h>
+
+#include "check-suite.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -1587,13 +1589,7 @@ static bool probe_zero_page(void) {
 }
 
 static Suite *client_suite(void) {
-        Suite *s = suite_create("client");
-        struct {
-                const char *name;
-                const TTest *test;
-                int timeout;
-                int loops;
-        } cases[] = {
+        const CheckCase cases[] = {
                 { "merge", test_merge, 30, 0 },
                 { "stress", test_stress, 120, 0 },
                 { "write-after-merge", test_write_after_merge, 30, 0 },
@@ -1611,21 +1607,11 @@ static Suite *client_suite(void) {
                 { "measure", test_measure, 60, 0 },
         };
 
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-                TCase *tc = tcase_create(cases[i].name);
-                tcase_set_timeout(tc, cases[i].timeout);
-                if (cases[i].loops)
-                        tcase_add_loop_test(tc, cases[i].test, 0, cases[i].loops);
-                else
-                        tcase_add_test(tc, cases[i].test);
-                suite_add_tcase(s, tc);
-        }
-        return s;
+        return check_suite("client", cases, ELEMENTSOF(cases), 0, NULL);
 }
 
 int main(void) {
         char why[256];
-        SRunner *sr;
         int failed;
 
         if (probe_uffd(why, sizeof why) < 0) {
@@ -1635,9 +1621,6 @@ int main(void) {
         have_zero_page = probe_zero_page();
         setvbuf(stdout, NULL, _IOLBF, 0);
 
-        sr = srunner_create(client_suite());
-        srunner_run_all(sr, CK_ENV);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
+        failed = check_run(client_suite()) != EXIT_SUCCESS;
         return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

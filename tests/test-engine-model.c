@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "check-suite.h"
 #include "engine-backend.h"
 
 #define NVMS 4
@@ -211,18 +212,10 @@ START_TEST(test_model) {
 END_TEST
 
 int main(void) {
-        Suite *s = suite_create("engine-model");
-        TCase *tc = tcase_create("random_operations");
-        SRunner *sr;
-        int failed;
-
-        tcase_set_timeout(tc, 300);
         /* 0: sync, 1: async, 2: sync per-node trees, 3: async per-node trees */
-        tcase_add_loop_test(tc, test_model, 0, 4);
-        suite_add_tcase(s, tc);
-        sr = srunner_create(s);
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        const CheckCase cases[] = {
+                { "random_operations", test_model, 300, 4 },
+        };
+
+        return check_run(check_suite("engine-model", cases, ELEMENTSOF(cases), 0, NULL));
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "check-suite.h"
 #include "dedup-table.h"
 #include "engine-backend.h"
 
@@ -454,13 +455,8 @@ START_TEST(test_metadata_budget) {
 }
 END_TEST
 
-static Suite *engine_suite(void) {
-        Suite *s = suite_create("engine");
-        struct {
-                const char *name;
-                const TTest *fn;
-                int timeout;
-        } cases[] = {
+int main(void) {
+        const CheckCase cases[] = {
                 { "table_collisions", test_table_collisions, 10 },
                 { "merge_two_vms", test_merge_two_vms, 10 },
                 { "stable_hit_first_sight", test_stable_hit_first_sight, 10 },
@@ -477,23 +473,5 @@ static Suite *engine_suite(void) {
                 { "metadata_budget", test_metadata_budget, 120 },
         };
 
-        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-                TCase *tc = tcase_create(cases[i].name);
-                if (cases[i].fn != test_table_collisions)
-                        tcase_add_checked_fixture(tc, NULL, teardown);
-                tcase_set_timeout(tc, cases[i].timeout);
-                tcase_add_test(tc, cases[i].fn);
-                suite_add_tcase(s, tc);
-        }
-        return s;
-}
-
-int main(void) {
-        SRunner *sr = srunner_create(engine_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+        return check_run(check_suite("engine", cases, ELEMENTSOF(cases), 0, teardown));
 }

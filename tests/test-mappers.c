@@ -6,6 +6,8 @@
  */
 
 #include <check.h>
+
+#include "check-suite.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -224,26 +226,16 @@ START_TEST(test_real_process) {
 END_TEST
 
 static Suite *mappers_suite(void) {
-        Suite *s = suite_create("mappers");
-        struct {
-                const char *name;
-                const TTest *test;
-        } cases[] = {
+        const CheckCase cases[] = {
                 { "fake-proc", test_fake_proc },
                 { "scan-ranges", test_scan_ranges },
                 { "real-process", test_real_process },
         };
 
-        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
-                TCase *tc = tcase_create(cases[i].name);
-                tcase_add_test(tc, cases[i].test);
-                suite_add_tcase(s, tc);
-        }
-        return s;
+        return check_suite("mappers", cases, ELEMENTSOF(cases), 0, NULL);
 }
 
 int main(void) {
-        SRunner *sr;
         int failed;
         char cmd[600];
 
@@ -251,10 +243,7 @@ int main(void) {
                 perror("mkdtemp");
                 return EXIT_FAILURE;
         }
-        sr = srunner_create(mappers_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
+        failed = check_run(mappers_suite()) != EXIT_SUCCESS;
         snprintf(cmd, sizeof cmd, "rm -rf -- '%s'", tmpdir);
         if (system(cmd) != 0)
                 fprintf(stderr, "could not remove %s\n", tmpdir);

@@ -6,6 +6,8 @@
  */
 
 #include <check.h>
+
+#include "check-suite.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <numa.h>
@@ -243,11 +245,7 @@ START_TEST(test_lookup_bench) {
 END_TEST
 
 static Suite *numa_topology_suite(void) {
-        Suite *s = suite_create("numa-topology");
-        struct {
-                const char *name;
-                const TTest *test;
-        } cases[] = {
+        const CheckCase cases[] = {
                 { "parse-ok", test_parse_ok },
                 { "parse-errors", test_parse_errors },
                 { "reload", test_reload },
@@ -255,16 +253,10 @@ static Suite *numa_topology_suite(void) {
                 { "lookup-bench", test_lookup_bench },
         };
 
-        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
-                TCase *tc = tcase_create(cases[i].name);
-                tcase_add_test(tc, cases[i].test);
-                suite_add_tcase(s, tc);
-        }
-        return s;
+        return check_suite("numa-topology", cases, ELEMENTSOF(cases), 0, NULL);
 }
 
 int main(void) {
-        SRunner *sr;
         int failed;
         char cmd[600];
 
@@ -272,10 +264,7 @@ int main(void) {
                 perror("mkdtemp");
                 return EXIT_FAILURE;
         }
-        sr = srunner_create(numa_topology_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
+        failed = check_run(numa_topology_suite()) != EXIT_SUCCESS;
         snprintf(cmd, sizeof cmd, "rm -rf -- '%s'", tmpdir);
         if (system(cmd) != 0)
                 fprintf(stderr, "could not remove %s\n", tmpdir);

@@ -7,6 +7,8 @@
  */
 
 #include <check.h>
+
+#include "check-suite.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <numa.h>
@@ -494,11 +496,7 @@ START_TEST(test_bench) {
 END_TEST
 
 static Suite *pool_suite(void) {
-        Suite *s = suite_create("pool");
-        struct {
-                const char *name;
-                const TTest *test;
-        } cases[] = {
+        const CheckCase cases[] = {
                 { "create", test_create },
                 { "alloc", test_alloc },
                 { "odd-chunk", test_odd_chunk },
@@ -511,21 +509,9 @@ static Suite *pool_suite(void) {
                 { "bench", test_bench },
         };
 
-        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
-                TCase *tc = tcase_create(cases[i].name);
-                tcase_set_timeout(tc, 120);
-                tcase_add_test(tc, cases[i].test);
-                suite_add_tcase(s, tc);
-        }
-        return s;
+        return check_suite("pool", cases, ELEMENTSOF(cases), 120, NULL);
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(pool_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return check_run(pool_suite());
 }

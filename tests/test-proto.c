@@ -7,6 +7,8 @@
  */
 
 #include <check.h>
+
+#include "check-suite.h"
 #include <dirent.h>
 #include <errno.h>
 #include <stdbool.h>
@@ -781,11 +783,7 @@ START_TEST(test_names) {
 END_TEST
 
 static Suite *proto_suite(void) {
-        Suite *s = suite_create("proto");
-        struct {
-                const char *name;
-                const TTest *test;
-        } cases[] = {
+        const CheckCase cases[] = {
                 { "roundtrip", test_roundtrip_all_types },
                 { "type-names", test_type_names },
                 { "validate-header", test_validate_header },
@@ -802,20 +800,9 @@ static Suite *proto_suite(void) {
                 { "names", test_names },
         };
 
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-                TCase *tc = tcase_create(cases[i].name);
-                tcase_add_test(tc, cases[i].test);
-                suite_add_tcase(s, tc);
-        }
-        return s;
+        return check_suite("proto", cases, ELEMENTSOF(cases), 0, NULL);
 }
 
 int main(void) {
-        SRunner *sr = srunner_create(proto_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_ENV);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        return check_run(proto_suite());
 }

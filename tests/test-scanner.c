@@ -9,6 +9,8 @@
  */
 
 #include <check.h>
+
+#include "check-suite.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -369,11 +371,7 @@ START_TEST(test_bench) {
 END_TEST
 
 static Suite *scanner_suite(void) {
-        Suite *s = suite_create("scanner");
-        struct {
-                const char *name;
-                const TTest *test;
-        } cases[] = {
+        const CheckCase cases[] = {
                 { "content", test_content },
                 { "subrange", test_subrange },
                 { "eof", test_eof },
@@ -384,18 +382,11 @@ static Suite *scanner_suite(void) {
                 { "bench", test_bench },
         };
 
-        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
-                TCase *tc = tcase_create(cases[i].name);
-                tcase_set_timeout(tc, 300);
-                tcase_add_test(tc, cases[i].test);
-                suite_add_tcase(s, tc);
-        }
-        return s;
+        return check_suite("scanner", cases, ELEMENTSOF(cases), 300, NULL);
 }
 
 int main(void) {
         Scanner *probe = NULL;
-        SRunner *sr;
         int r, failed;
 
         r = scanner_new(1, 1, &probe);
@@ -405,9 +396,6 @@ int main(void) {
         }
         scanner_free(probe);
 
-        sr = srunner_create(scanner_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
+        failed = check_run(scanner_suite()) != EXIT_SUCCESS;
         return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -9,6 +9,8 @@
  */
 
 #include <check.h>
+
+#include "check-suite.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -573,11 +575,7 @@ START_TEST(test_bench) {
 END_TEST
 
 static Suite *uffd_suite(void) {
-        Suite *s = suite_create("uffd-ops");
-        struct {
-                const char *name;
-                const TTest *test;
-        } cases[] = {
+        const CheckCase cases[] = {
                 { "protect-populated", test_populated },
                 { "protect-unmapped", test_unmapped },
                 { "protect-hole", test_hole },
@@ -588,17 +586,10 @@ static Suite *uffd_suite(void) {
                 { "bench", test_bench },
         };
 
-        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
-                TCase *tc = tcase_create(cases[i].name);
-                tcase_set_timeout(tc, 30);
-                tcase_add_test(tc, cases[i].test);
-                suite_add_tcase(s, tc);
-        }
-        return s;
+        return check_suite("uffd-ops", cases, ELEMENTSOF(cases), 30, NULL);
 }
 
 int main(void) {
-        SRunner *sr;
         int fd, failed;
 
         fd = uffd_create();
@@ -614,9 +605,6 @@ int main(void) {
         }
         close(fd);
 
-        sr = srunner_create(uffd_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
+        failed = check_run(uffd_suite()) != EXIT_SUCCESS;
         return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

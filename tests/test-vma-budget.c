@@ -6,6 +6,8 @@
  */
 
 #include <check.h>
+
+#include "check-suite.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -247,27 +249,17 @@ START_TEST(test_real_process) {
 END_TEST
 
 static Suite *vma_budget_suite(void) {
-        Suite *s = suite_create("vma-budget");
-        struct {
-                const char *name;
-                const TTest *test;
-        } cases[] = {
+        const CheckCase cases[] = {
                 { "max-map-count", test_max_map_count },
                 { "count-fake-proc", test_count_fake },
                 { "accounting", test_accounting },
                 { "real-process", test_real_process },
         };
 
-        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
-                TCase *tc = tcase_create(cases[i].name);
-                tcase_add_test(tc, cases[i].test);
-                suite_add_tcase(s, tc);
-        }
-        return s;
+        return check_suite("vma-budget", cases, ELEMENTSOF(cases), 0, NULL);
 }
 
 int main(void) {
-        SRunner *sr;
         int failed;
         char cmd[600];
 
@@ -275,10 +267,7 @@ int main(void) {
                 perror("mkdtemp");
                 return EXIT_FAILURE;
         }
-        sr = srunner_create(vma_budget_suite());
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
+        failed = check_run(vma_budget_suite()) != EXIT_SUCCESS;
         snprintf(cmd, sizeof cmd, "rm -rf -- '%s'", tmpdir);
         if (system(cmd) != 0)
                 fprintf(stderr, "could not remove %s\n", tmpdir);
