@@ -16,7 +16,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 stat() { v=$(sed -n "s/^$2=//p" "$1" 2>/dev/null | tail -n 1); echo "${v:-0}"; }
 
-./daemon/dedupd --socket="$T/vmm.sock" --status-file="$T/status" --pages-to-scan=20000 --sleep-millisecs=10 \
+./daemon/dedupd --bus=none --socket="$T/vmm.sock" --status-file="$T/status" --pages-to-scan=20000 --sleep-millisecs=10 \
         >"$T/dedupd.log" 2>&1 &
 PIDS="$PIDS $!"
 while [ ! -S "$T/vmm.sock" ]; do sleep 0.1; done

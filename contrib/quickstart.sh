@@ -60,7 +60,7 @@ check() {
         sed -n '/^# TOTAL/,/^# ERROR/p' test-suite.log 2>/dev/null || true
         if [ "$status" != 0 ]; then
                 echo "quickstart: make check FAILED; failing logs follow" >&2
-                grep -l -E '^(FAIL|ERROR)' $(find . -name '*.trs') 2>/dev/null | while read -r trs; do
+                grep -l -E '^:test-result: (FAIL|ERROR)' $(find . -name '*.trs') 2>/dev/null | while read -r trs; do
                         echo "=== ${trs%.trs}.log" >&2
                         tail -n 60 "${trs%.trs}.log" >&2
                 done

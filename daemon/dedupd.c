@@ -14,72 +14,61 @@
 
 #include "dedup.h"
 #include "manager.h"
+#include "tunables.h"
 #include "util.h"
 
-static void help(void) {
+static void help(const Manager *defaults) {
         printf("Usage: dedupd [OPTIONS]\n\n"
                "Deduplicate the memory of guests whose RAM is a shared memfd.\n\n"
-               "  -h --help                  show this help\n"
-               "     --socket=PATH           VMM registration socket (default %s)\n"
-               "     --allow-group=GROUP     besides root, let this group register VMMs\n"
-               "     --run=0|1|2             0 stop, 1 merge, 2 unmerge everything (default 1)\n"
-               "     --pages-to-scan=N       pages per scan batch (default 10000)\n"
-               "     --sleep-millisecs=N     pause between batches (default 20)\n"
-               "     --max-page-sharing=N    sharers per canonical page, 2..%u (default 256)\n"
-               "     --merge-across-nodes=0|1  merge pages of different NUMA nodes (default 1)\n"
-               "     --use-zero-pages=0|1    map zero pages to zero memory (default 1)\n"
-               "     --vma-headroom=N        VMAs kept free below vm.max_map_count (default 4096)\n"
-               "     --numa-topology=FILE    injected NUMA topology (tests)\n"
-               "     --status-file=PATH      write counters there every 500 ms\n",
-               DEDUP_DEFAULT_SOCKET, DEDUP_MAX_PAGE_SHARING_MAX);
-}
-
-/* Parse an unsigned option value in [min, max], naming it on error. */
-static int parse_uint(const char *opt, const char *s, unsigned long long min, unsigned long long max,
-                      unsigned long long *ret) {
-        char *end;
-        unsigned long long v;
-
-        errno = 0;
-        v = strtoull(s, &end, 10);
-        if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
-                fprintf(stderr, "dedupd: invalid value '%s' for --%s: expected %llu..%llu\n", s, opt, min, max);
-                return -EINVAL;
-        }
-        *ret = v;
-        return 0;
+               "  -h --help                                    show this help\n"
+               "     --version                                 show the version\n"
+               "     --socket=PATH                             VMM registration socket (default %s)\n"
+               "     --allow-group=GROUP                       besides root, let this group register VMMs\n"
+               "     --bus=system|session|ADDRESS|none         D-Bus to serve org.dedupd1 on (default system)\n"
+               "     --bus-introspect=PATH                     write the D-Bus interface XML to PATH and exit\n"
+               "     --numa-topology=FILE                      injected NUMA topology (tests)\n"
+               "     --status-file=PATH                        write counters there every 500 ms\n\n"
+               "Tunables (also D-Bus properties of org.dedupd1.Manager, see org.dedupd1(5)):\n",
+               DEDUP_DEFAULT_SOCKET);
+        tunables_print_help(defaults);
 }
 
 enum {
-        ARG_SOCKET = 0x100, ARG_ALLOW_GROUP, ARG_RUN, ARG_PAGES, ARG_SLEEP, ARG_MAX_SHARING, ARG_ACROSS,
-        ARG_ZERO, ARG_HEADROOM, ARG_TOPOLOGY, ARG_STATUS,
+        ARG_VERSION = 0x100, ARG_SOCKET, ARG_ALLOW_GROUP, ARG_BUS, ARG_BUS_INTROSPECT, ARG_TOPOLOGY, ARG_STATUS,
+        ARG_TUNABLE,    /* + index in tunables[] */
 };
 
 static int parse_argv(Manager *m, int argc, char **argv, const char **ret_socket) {
-        static const struct option options[] = {
+        static const struct option fixed[] = {
                 { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
                 { "socket", required_argument, NULL, ARG_SOCKET },
                 { "allow-group", required_argument, NULL, ARG_ALLOW_GROUP },
-                { "run", required_argument, NULL, ARG_RUN },
-                { "pages-to-scan", required_argument, NULL, ARG_PAGES },
-                { "sleep-millisecs", required_argument, NULL, ARG_SLEEP },
-                { "max-page-sharing", required_argument, NULL, ARG_MAX_SHARING },
-                { "merge-across-nodes", required_argument, NULL, ARG_ACROSS },
-                { "use-zero-pages", required_argument, NULL, ARG_ZERO },
-                { "vma-headroom", required_argument, NULL, ARG_HEADROOM },
+                { "bus", required_argument, NULL, ARG_BUS },
+                { "bus-introspect", required_argument, NULL, ARG_BUS_INTROSPECT },
                 { "numa-topology", required_argument, NULL, ARG_TOPOLOGY },
                 { "status-file", required_argument, NULL, ARG_STATUS },
-                {}
         };
-        unsigned long long v;
+        struct option options[ELEMENTSOF(fixed) + 32] = {};
+        char err[256];
         struct group *g;
+        uint32_t v;
         int c, r = 0;
 
+        if (n_tunables >= 32)
+                return -E2BIG;
+        memcpy(options, fixed, sizeof(fixed));
+        for (size_t i = 0; i < n_tunables; i++)
+                options[ELEMENTSOF(fixed) + i] = (struct option) { tunables[i].option, required_argument, NULL,
+                                                                   ARG_TUNABLE + (int) i };
+
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0) {
-                const char *name = c >= ARG_SOCKET ? options[c - ARG_SOCKET + 1].name : "";
                 switch (c) {
                 case 'h':
-                        help();
+                        help(m);
+                        return 0;
+                case ARG_VERSION:
+                        printf("dedupd %s\n", PACKAGE_VERSION);
                         return 0;
                 case ARG_SOCKET:
                         *ret_socket = optarg;
@@ -92,41 +81,15 @@ static int parse_argv(Manager *m, int argc, char **argv, const char **ret_socket
                         }
                         m->allowed_gid = g->gr_gid;
                         break;
-                case ARG_RUN:
-                        r = parse_uint(name, optarg, 0, 2, &v);
-                        if (r >= 0)
-                                m->run = (unsigned) v;
+                case ARG_BUS:
+                        free(m->bus_spec);
+                        m->bus_spec = strdup(optarg);
+                        if (!m->bus_spec)
+                                return -ENOMEM;
                         break;
-                case ARG_PAGES:
-                        r = parse_uint(name, optarg, 1, 1000000, &v);
-                        if (r >= 0)
-                                m->pages_to_scan = (unsigned) v;
-                        break;
-                case ARG_SLEEP:
-                        r = parse_uint(name, optarg, 0, 60000, &v);
-                        if (r >= 0)
-                                m->sleep_ms = (unsigned) v;
-                        break;
-                case ARG_MAX_SHARING:
-                        r = parse_uint(name, optarg, DEDUP_MAX_PAGE_SHARING_MIN, DEDUP_MAX_PAGE_SHARING_MAX, &v);
-                        if (r >= 0)
-                                r = dedup_engine_set_max_page_sharing(m->engine, (unsigned) v);
-                        break;
-                case ARG_ACROSS:
-                        r = parse_uint(name, optarg, 0, 1, &v);
-                        if (r >= 0)
-                                r = dedup_engine_set_merge_across_nodes(m->engine, v);
-                        break;
-                case ARG_ZERO:
-                        r = parse_uint(name, optarg, 0, 1, &v);
-                        if (r >= 0)
-                                dedup_engine_set_use_zero_pages(m->engine, v);
-                        break;
-                case ARG_HEADROOM:
-                        r = parse_uint(name, optarg, 0, INT_MAX, &v);
-                        if (r >= 0)
-                                m->vma_headroom = v;
-                        break;
+                case ARG_BUS_INTROSPECT:
+                        r = manager_bus_introspect(optarg);
+                        return r < 0 ? r : 0;
                 case ARG_TOPOLOGY:
                         m->topology = numa_topology_free(m->topology);
                         r = numa_topology_load(optarg, &m->topology);
@@ -138,7 +101,13 @@ static int parse_argv(Manager *m, int argc, char **argv, const char **ret_socket
                                 return -ENOMEM;
                         break;
                 default:
-                        return -EINVAL;
+                        if (c < ARG_TUNABLE || c >= ARG_TUNABLE + (int) n_tunables)
+                                return -EINVAL;
+                        r = tunable_parse(&tunables[c - ARG_TUNABLE], optarg, &v, err, sizeof(err));
+                        if (r >= 0)
+                                r = tunable_set(m, &tunables[c - ARG_TUNABLE], v, err, sizeof(err));
+                        if (r < 0)
+                                fprintf(stderr, "dedupd: --%s: %s\n", tunables[c - ARG_TUNABLE].option, err);
                 }
                 if (r < 0)
                         return r;
@@ -186,6 +155,9 @@ int main(int argc, char **argv) {
                 return EXIT_FAILURE;
         }
         r = manager_listen(m, socket_path);
+        if (r < 0)
+                return EXIT_FAILURE;
+        r = manager_connect_bus(m);
         if (r < 0)
                 return EXIT_FAILURE;
         r = manager_start(m);

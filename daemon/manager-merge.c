@@ -330,7 +330,6 @@ static int add_entry(Vm *vm, RemapBuilder *b, VmRegion *reg, dedup_page_t first,
         };
         vma_budget_add(&vm->vma, VMA_RUN_COST);
         vm->remaps_sent++;
-        vm->manager->merges_started += n;
         return 0;
 }
 
@@ -343,7 +342,8 @@ static int flush_run(Vm *vm, RemapBuilder *b, VmRegion *reg, dedup_page_t first,
         ssize_t k;
         int r;
 
-        if (!vma_budget_can_add(&vm->vma, VMA_RUN_COST)) {
+        if (!vma_budget_can_add(&vm->vma, VMA_RUN_COST) && (vm_resync_vmas(vm) < 0 ||
+                                                            !vma_budget_can_add(&vm->vma, VMA_RUN_COST))) {
                 if (!vm->reason[0])
                         log_warning("VM '%s': VMA budget reached (max_map_count %llu, headroom %llu): not merging more",
                                     vm->name, (unsigned long long) vm->vma.max, (unsigned long long) vm->vma.headroom);
@@ -539,6 +539,9 @@ void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg) {
                                 reg = &vm->regions[j];
                 if (!reg || rg->offset / DEDUP_PAGE_SIZE + rg->npages > reg->npages)
                         return vm_disconnect(vm, EINVAL, "range outside its region");
+                /* The agent mapped the memfd back over part of a merged run:
+                 * a split, until the next count says otherwise. */
+                vma_budget_add(&vm->vma, VMA_RUN_COST);
                 for (uint32_t p = 0; p < rg->npages; p++) {
                         dedup_page_t page = reg->first + (dedup_page_t) (rg->offset / DEDUP_PAGE_SIZE) + p;
                         if (unmerged && dedup_engine_page_state(m->engine, page) == DEDUP_PAGE_UNMERGING)
@@ -547,6 +550,22 @@ void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg) {
                                 dedup_engine_page_written(m->engine, page);
                 }
         }
+}
+
+int vm_resync_vmas(Vm *vm) {
+        uint64_t now = 0, vmas;
+        int r;
+
+        (void) sd_event_now(vm->manager->event, CLOCK_MONOTONIC, &now);
+        if (now - vm->vma_counted_us < 100 * 1000)
+                return -EAGAIN;         /* counted moments ago: the count stands */
+        vm->vma_counted_us = now;
+        r = vma_count_pid(NULL, vm->pid, &vmas);
+        if (r < 0)
+                return r;
+        /* Remaps sent and not answered are not in the VMM's maps yet. */
+        vma_budget_resync(&vm->vma, vmas + VMA_RUN_COST * (vm->remaps_sent - vm->remaps_done - vm->remaps_aborted));
+        return 0;
 }
 
 void vm_fail_inflight(Vm *vm) {

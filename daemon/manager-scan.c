@@ -8,10 +8,19 @@
  * VMA count is cross-checked with /proc/PID/maps.
  *
  * With Run=2 the same timer drives the incremental unmerge-all instead, a
- * bounded batch per tick, so the event loop (and later D-Bus) stays live.
+ * bounded batch per tick, so the event loop (and D-Bus) stays live; VMs
+ * whose operator called Unmerge() are unmerged the same way.
+ *
+ * AdvisorMode=scan-time is KSM's scan-time advisor: after each full scan,
+ * PagesToScan moves (an EWMA, 30% weight on the new figure as in KSM) to
+ * what would make the next full scan last AdvisorTargetScanTimeSec, capped
+ * so the daemon's CPU time stays within AdvisorMaxCpuPercent of the wall
+ * time.
  */
 
 #include <errno.h>
+#include <sys/resource.h>
+#include <time.h>
 
 #include "manager.h"
 #include "util.h"
@@ -41,15 +50,49 @@ static int scan_page(void *userdata, uint64_t offset, const void *data) {
         return dedup_engine_scan_page(m->engine, page, data, nid) == -ENOMEM ? -ENOMEM : 0;
 }
 
+#define ADVISOR_EWMA_WEIGHT 30
+#define ADVISOR_MIN_PAGES 500
+
+static uint64_t now_us(clockid_t clock) {
+        struct timespec ts;
+
+        clock_gettime(clock, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static void advise(Manager *m) {
+        uint64_t wall = now_us(CLOCK_MONOTONIC), cpu = now_us(CLOCK_PROCESS_CPUTIME_ID);
+        uint64_t elapsed = wall - m->full_scan_started_us, used = cpu - m->full_scan_cpu_us;
+        uint64_t want, pages, cpu_percent;
+        bool first = m->full_scan_started_us == 0;
+
+        m->full_scan_started_us = wall;
+        m->full_scan_cpu_us = cpu;
+        if (first || m->advisor_mode == 0 || elapsed == 0)
+                return;
+        want = (uint64_t) m->pages_to_scan * elapsed / ((uint64_t) m->advisor_target_sec * 1000000);
+        cpu_percent = used * 100 / elapsed;
+        if (cpu_percent > m->advisor_max_cpu)
+                want = MIN(want, (uint64_t) m->pages_to_scan * m->advisor_max_cpu / cpu_percent);
+        pages = ((100 - ADVISOR_EWMA_WEIGHT) * (uint64_t) m->pages_to_scan + ADVISOR_EWMA_WEIGHT * want) / 100;
+        pages = MIN(MAX(pages, (uint64_t) ADVISOR_MIN_PAGES), (uint64_t) 1000000);
+        if (pages == m->pages_to_scan)
+                return;
+        log_info("Advisor: full scan took %.1f s at %llu%% CPU: PagesToScan %u -> %llu", elapsed / 1e6,
+                 (unsigned long long) cpu_percent, m->pages_to_scan, (unsigned long long) pages);
+        m->pages_to_scan = (unsigned) pages;
+        manager_bus_property_changed(m, "PagesToScan");
+}
+
 static void full_scan_done(Manager *m) {
         int r;
 
+        advise(m);
         r = dedup_engine_full_scan_done(m->engine);
         if (r < 0)
                 log_warning_errno(r, "Full scan bookkeeping failed: %m");
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];
-                uint64_t vmas;
                 bool foreign = false;
 
                 if (!vm || vm->disconnected || !vm->hello_done)
@@ -67,11 +110,8 @@ static void full_scan_done(Manager *m) {
                  * there: give them back their own copies. */
                 if (foreign)
                         (void) dedup_engine_unmerge_vm(m->engine, vm->engine_vm, UINT32_MAX);
-                if (vma_count_pid(NULL, vm->pid, &vmas) >= 0) {
-                        vma_budget_resync(&vm->vma, vmas);
-                        if (vm->reason[0] && vma_budget_can_add(&vm->vma, 16 * VMA_RUN_COST))
-                                vm->reason[0] = 0;
-                }
+                if (vm_resync_vmas(vm) >= 0 && vm->reason[0] && vma_budget_can_add(&vm->vma, 16 * VMA_RUN_COST))
+                        vm->reason[0] = 0;
         }
         manager_write_status(m);
 }
@@ -81,7 +121,7 @@ static bool cursor_region(Manager *m, Vm **ret_vm, VmRegion **ret_reg) {
         for (unsigned tries = 0; tries <= MANAGER_MAX_VMS; tries++) {
                 Vm *vm = m->vms[m->cursor_vm];
 
-                if (vm && !vm->disconnected && vm->hello_done && m->cursor_region < vm->n_regions) {
+                if (vm && !vm->disconnected && vm->hello_done && !vm->paused && m->cursor_region < vm->n_regions) {
                         VmRegion *reg = &vm->regions[m->cursor_region];
                         if (m->cursor_page < reg->npages && !reg->reason[0]) {
                                 *ret_vm = vm;
@@ -126,19 +166,39 @@ static int scan_batch(Manager *m) {
                 m->scanned_any = true;
                 budget -= n;
         }
-        return manager_flush(m);
+        return 0;
+}
+
+/* VMs the operator asked to unmerge, a bounded batch in all per tick. */
+static void unmerge_paused(Manager *m) {
+        unsigned budget = m->pages_to_scan;
+
+        for (unsigned i = 0; i < MANAGER_MAX_VMS && budget > 0; i++) {
+                Vm *vm = m->vms[i];
+                DedupVmStats s;
+
+                if (!vm || !vm->paused || vm->disconnected ||
+                    dedup_engine_vm_stats(m->engine, vm->engine_vm, &s) < 0 || s.merging_pages + s.zero_pages == 0)
+                        continue;
+                (void) dedup_engine_unmerge_vm(m->engine, vm->engine_vm, budget);
+                budget -= MIN(budget, (unsigned) MIN(s.merging_pages + s.zero_pages, (uint64_t) budget));
+        }
 }
 
 static int scan_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
         int r = 0;
 
+        unmerge_paused(m);
         if (m->run == 1)
                 r = scan_batch(m);
-        else if (m->run == 2 && dedup_engine_unmerge_all(m->engine, m->pages_to_scan) >= 0)
+        else if (m->run == 2)
+                (void) dedup_engine_unmerge_all(m->engine, m->pages_to_scan);
+        if (r >= 0)
                 r = manager_flush(m);
         if (r == -ENOMEM)
                 log_oom();
+        manager_bus_check_vms(m);
         return manager_schedule_scan(m);
 }
 

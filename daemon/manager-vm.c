@@ -100,6 +100,8 @@ void vm_disconnect(Vm *vm, int error, const char *why) {
 
         if (vm->disconnected)
                 return;
+        if (vm->hello_done)
+                manager_bus_vm_removed(m, vm);
         vm->disconnected = true;
         if (why) {
                 log_warning("VM '%s' (pid %d): %s; closing its connection", vm->name[0] ? vm->name : "?",
@@ -153,13 +155,16 @@ static void vm_handle_hello(Vm *vm, const struct dedup_msg_hello *h) {
         if (r < 0)
                 log_warning_errno(r, "VM '%s': cannot count its VMAs: %m", vm->name);
         vma_budget_init(&vm->vma, m->max_map_count, m->vma_headroom, vmas);
+        vm->vmas_at_hello = vmas;
 
         dedup_proto_init_header(&w.hdr, DEDUP_MSG_WELCOME, sizeof(w), 0);
         w.vm_id = vm->engine_vm;
         r = vm_send(vm, &w, sizeof(w), NULL, 0);
         if (r < 0)
                 return vm_disconnect(vm, r, NULL);
-        log_info("VM '%s' (pid %d, uuid %s) registered", vm->name, (int) vm->pid, vm->uuid[0] ? vm->uuid : "-");
+        log_info("VM '%s' (pid %d, uuid %s, merge group %u) registered", vm->name, (int) vm->pid,
+                 vm->uuid[0] ? vm->uuid : "-", vm->group);
+        manager_bus_vm_added(m, vm);
 }
 
 /* Other processes mapping a region's memfd would read merged pages as
@@ -376,4 +381,46 @@ VmRegion *vm_page_region(Manager *m, dedup_page_t page, Vm **ret_vm) {
                 }
         }
         return NULL;
+}
+
+Vm *manager_find_vm(Manager *m, const char *name) {
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
+                if (m->vms[i] && m->vms[i]->hello_done && !m->vms[i]->disconnected &&
+                    strcmp(m->vms[i]->name, name) == 0)
+                        return m->vms[i];
+        return NULL;
+}
+
+const char *vm_state(Vm *vm, const char **ret_reason) {
+        Manager *m = vm->manager;
+        DedupVmStats s = {};
+        const char *reason = "";
+        unsigned unmergeable = 0;
+
+        (void) dedup_engine_vm_stats(m->engine, vm->engine_vm, &s);
+        for (unsigned i = 0; i < vm->n_regions; i++)
+                unmergeable += vm->regions[i].reason[0] != 0;
+        if (m->run != 1)
+                reason = m->run == 0 ? "Run=0: merging stopped" : "Run=2: unmerging everything";
+        else if (vm->paused)
+                reason = "unmerged on request (Unmerge()); Merge() resumes";
+        else if (vm->reason[0])
+                reason = vm->reason;
+        else if (vm->n_regions > 0 && unmergeable == vm->n_regions)
+                reason = "no region can be merged (see Regions)";
+        *ret_reason = reason;
+        if (!reason[0])
+                return "merging";
+        return s.merging_pages + s.zero_pages > 0 && (m->run == 2 || vm->paused) ? "unmerging" : "not-merging";
+}
+
+int vm_set_group(Vm *vm, uint16_t group) {
+        int r = dedup_engine_set_vm_group(vm->manager->engine, vm->engine_vm, group);
+
+        if (r < 0)
+                return r;
+        if (group != vm->group)
+                log_info("VM '%s': merge group %u -> %u", vm->name, vm->group, group);
+        vm->group = group;
+        return 0;
 }

@@ -32,6 +32,8 @@ int manager_new(Manager **ret) {
         m->pages_to_scan = 10000;
         m->sleep_ms = 20;
         m->vma_headroom = 4096;
+        m->advisor_target_sec = 200;
+        m->advisor_max_cpu = 70;
         r = sd_event_default(&m->event);
         if (r >= 0)
                 r = dedup_engine_new(&manager_engine_ops, m, &m->engine);
@@ -50,6 +52,7 @@ int manager_new(Manager **ret) {
 Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
+        manager_bus_free(m);
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
                 vm_free(m->vms[i]);
         for (size_t i = 0; i < m->n_holds; i++) {
@@ -73,6 +76,7 @@ Manager *manager_free(Manager *m) {
         sd_event_unref(m->event);
         free(m->socket_path);
         free(m->status_file);
+        free(m->bus_spec);
         free(m);
         return NULL;
 }
@@ -145,6 +149,51 @@ static long rss_anon_kib(void) {
         return kib;
 }
 
+/* Kernel memory of one VMA: the vm_area_struct slab's object size (its
+ * maple tree share is small and left out); 200 bytes if unreadable. */
+static uint64_t vma_kernel_bytes(void) {
+        static uint64_t cached;
+        char line[256];
+        unsigned long active, total, size;
+        FILE *f;
+
+        if (cached)
+                return cached;
+        cached = 200;
+        f = fopen("/proc/slabinfo", "re");
+        if (!f)
+                return cached;
+        while (fgets(line, sizeof(line), f))
+                if (sscanf(line, "vm_area_struct %lu %lu %lu", &active, &total, &size) == 3) {
+                        cached = size;
+                        break;
+                }
+        fclose(f);
+        return cached;
+}
+
+int64_t manager_general_profit(Manager *m) {
+        DedupEngineStats st;
+        uint64_t vmas = 0;
+        long anon = rss_anon_kib();
+
+        dedup_engine_stats(m->engine, &st);
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
+                Vm *vm = m->vms[i];
+                if (vm && vm->hello_done && vm->vma.current > vm->vmas_at_hello)
+                        vmas += vm->vma.current - vm->vmas_at_hello;
+        }
+        return (int64_t) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE) -
+               (int64_t) (anon > 0 ? (uint64_t) anon * 1024 : st.metadata_bytes) -
+               (int64_t) (m->zero_pool >= 0 ? DEDUP_PROTO_MAX_RUN * DEDUP_PAGE_SIZE : 0) -
+               (int64_t) (vmas * vma_kernel_bytes());
+}
+
+void manager_reset_statistics(Manager *m) {
+        dedup_engine_reset_stats(m->engine);
+        log_info("Statistics reset");
+}
+
 /* Does reading untouched private anonymous memory allocate it? */
 static bool kernel_has_zero_page(void) {
         const size_t len = 1 << 20;
@@ -190,10 +239,15 @@ int manager_setup_zero_pool(Manager *m) {
 int manager_set_run(Manager *m, unsigned run) {
         if (run > 2)
                 return -EINVAL;
-        if (run != m->run)
-                log_info("Run set to %u (%s)", run, run == 0 ? "stop" : run == 1 ? "merge" : "unmerge all");
         m->run = run;
         return 0;
+}
+
+void manager_set_vma_headroom(Manager *m, uint64_t headroom) {
+        m->vma_headroom = headroom;
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
+                if (m->vms[i])
+                        vma_budget_set_limits(&m->vms[i]->vma, m->max_map_count, headroom);
 }
 
 static int status_tick(sd_event_source *s, uint64_t usec, void *userdata) {

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
 #include "dedup-engine.h"
@@ -69,6 +70,12 @@ struct Vm {
         sd_event_source *pid_source;
         bool hello_done;
         bool disconnected;              /* the agent is gone; state being torn down */
+        bool paused;                    /* Unmerge() asked: unmerge it, merge nothing until Merge() */
+        uint16_t group;                 /* merge group */
+        uint64_t vmas_at_hello;         /* the VMM's own VMAs, before any merge */
+        uint64_t vma_counted_us;        /* last count of /proc/PID/maps */
+        char bus_state[16];             /* State and Reason last announced on D-Bus */
+        char bus_reason[128];
         uint32_t seq;
 
         VmRegion regions[MANAGER_MAX_REGIONS];
@@ -127,6 +134,9 @@ struct Manager {
         unsigned run;                   /* 0 stop, 1 run, 2 unmerge all */
         unsigned pages_to_scan;
         unsigned sleep_ms;
+        unsigned advisor_mode;          /* 0 none, 1 scan-time */
+        unsigned advisor_target_sec;
+        unsigned advisor_max_cpu;       /* percent */
         uint64_t vma_headroom;
         uint64_t max_map_count;
 
@@ -136,11 +146,14 @@ struct Manager {
         uint64_t cursor_page;
         bool scanned_any;
         sd_event_source *scan_timer;
-        uint64_t full_scan_started_us;
+        uint64_t full_scan_started_us;  /* for the advisor: wall and CPU time */
+        uint64_t full_scan_cpu_us;
 
+        char *bus_spec;                 /* --bus: "system", "session", an address or "none" */
+        sd_bus *bus;
         char *status_file;
         sd_event_source *status_timer;
-        uint64_t merges_started, punched_pages;
+        uint64_t punched_pages;
         uint8_t buf_a[512 * DEDUP_PAGE_SIZE] __attribute__((aligned(64)));
         uint8_t buf_b[512 * DEDUP_PAGE_SIZE] __attribute__((aligned(64)));
 };
@@ -154,13 +167,23 @@ int manager_listen(Manager *m, const char *path);
 int manager_start(Manager *m);
 int manager_setup_zero_pool(Manager *m);
 int manager_set_run(Manager *m, unsigned run);
+void manager_set_vma_headroom(Manager *m, uint64_t headroom);
 void manager_write_status(Manager *m);
+/* DESIGN.md §4: bytes saved minus what saving them costs: the daemon's own
+ * anonymous memory (engine metadata included), the zero area, the kernel's
+ * memory for the VMAs merging added to VMMs. */
+int64_t manager_general_profit(Manager *m);
+void manager_reset_statistics(Manager *m);
 
 /* manager-vm.c */
 int manager_accept(Manager *m, int fd);
 void vm_disconnect(Vm *vm, int error, const char *why);
 Vm *vm_free(Vm *vm);
 VmRegion *vm_page_region(Manager *m, dedup_page_t page, Vm **ret_vm);
+Vm *manager_find_vm(Manager *m, const char *name);
+/* "merging", "not-merging" or "unmerging", and why when not merging. */
+const char *vm_state(Vm *vm, const char **ret_reason);
+int vm_set_group(Vm *vm, uint16_t group);
 bool vm_region_mergeable(Vm *vm, VmRegion *reg);
 int vm_send(Vm *vm, void *msg, size_t len, const int *fds, size_t nfds);
 
@@ -170,8 +193,21 @@ int manager_flush(Manager *m);
 void vm_handle_remap_reply(Vm *vm, const struct dedup_msg_remap *msg);
 void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg);
 void vm_fail_inflight(Vm *vm);
+/* Count the VMM's VMAs (at most every 100 ms, else -EAGAIN), in-flight
+ * remaps included, and take that as the budget's estimate. */
+int vm_resync_vmas(Vm *vm);
 void manager_hold_vm(Manager *m, Vm *vm);
 void manager_release_hold(Manager *m, Hold *h);
+
+/* manager-bus.c: the org.dedupd1 D-Bus API */
+int manager_connect_bus(Manager *m);
+int manager_bus_introspect(const char *path);
+void manager_bus_vm_added(Manager *m, Vm *vm);
+void manager_bus_vm_removed(Manager *m, Vm *vm);
+/* Announce State/Reason of VMs whose ones changed since last said. */
+void manager_bus_check_vms(Manager *m);
+void manager_bus_property_changed(Manager *m, const char *property);
+void manager_bus_free(Manager *m);
 
 /* manager-scan.c */
 int manager_schedule_scan(Manager *m);

@@ -30,7 +30,7 @@ fail() {
 
 # start_dedupd [options...]: dedupd on $T/vmm.sock writing $T/status
 start_dedupd() {
-        "$DEDUPD" --socket="$T/vmm.sock" --status-file="$T/status" "$@" >>"$T/dedupd.log" 2>&1 &
+        "$DEDUPD" --socket="$T/vmm.sock" --status-file="$T/status" --bus="${DEDUPD_BUS:-none}" "$@" >>"$T/dedupd.log" 2>&1 &
         DEDUPD_PID=$!
         PIDS="$PIDS $DEDUPD_PID"
         wait_for 10 "[ -S '$T/vmm.sock' ] && [ -f '$T/status' ]" || fail "dedupd did not start"

@@ -9,7 +9,7 @@ command -v systemd-socket-activate >/dev/null || skip "no systemd-socket-activat
 command -v setpriv >/dev/null || skip "no setpriv (package util-linux)"
 
 systemd-socket-activate --seqpacket -l "$T/vmm.sock" \
-        "$DEDUPD" --status-file="$T/status" --pages-to-scan=4096 --sleep-millisecs=5 >>"$T/dedupd.log" 2>&1 &
+        "$DEDUPD" --bus=none --status-file="$T/status" --pages-to-scan=4096 --sleep-millisecs=5 >>"$T/dedupd.log" 2>&1 &
 PIDS="$PIDS $!"
 wait_for 10 "[ -S '$T/vmm.sock' ]" || fail "no activation socket"
 [ ! -f "$T/status" ] || fail "dedupd ran before anyone connected"
