@@ -76,6 +76,7 @@ static int pool_for(Manager *m, uint16_t group, int nid, uint16_t *ret_id) {
         if (r < 0)
                 return log_error_errno(r, "Cannot create pool for group %u node %d: %m", group, nid);
         log_info("Pool '%s' created", pool_name(m->pools[m->n_pools]));
+        manager_store_pool(m, m->n_pools);
         *ret_id = (uint16_t) m->n_pools++;
         return 0;
 }

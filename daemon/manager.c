@@ -95,21 +95,46 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
         return 0;
 }
 
+/* The registration socket among the fds systemd passed: dedupd.socket's,
+ * next to pool memfds of a previous run from the fd store; -ENOENT if none. */
+static int passed_socket(void) {
+        char **names = NULL;
+        int n, fd = -ENOENT, pools = 0;
+
+        n = sd_listen_fds_with_names(true, &names);
+        for (int i = 0; i < n; i++) {
+                int f = SD_LISTEN_FDS_START + i;
+                if (names && names[i] && strncmp(names[i], "pool-", 5) == 0) {
+                        /* Reattaching to them is restart recovery, not done
+                         * yet: they stay in systemd's store; our copy goes. */
+                        pools++;
+                        close(f);
+                } else if (fd < 0 && sd_is_socket_unix(f, SOCK_SEQPACKET, 1, NULL, 0) > 0)
+                        fd = f;
+                else {
+                        log_warning("Ignoring fd %d ('%s') passed by systemd", f, names && names[i] ? names[i] : "?");
+                        close(f);
+                }
+        }
+        if (pools)
+                log_warning("%d pool memfds of a previous run passed back: VMMs keep their merged pages, "
+                            "this run merges afresh", pools);
+        for (int i = 0; names && i < n; i++)
+                free(names[i]);
+        free(names);
+        return fd;
+}
+
 /* Use the socket systemd passed (dedupd.socket) or bind our own. */
 int manager_listen(Manager *m, const char *path) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int n, fd, r;
+        int fd, r;
 
-        n = sd_listen_fds(true);
-        if (n > 1)
-                return log_error_errno(-EINVAL, "Expected one socket from systemd, got %d", n);
-        m->socket_path = strdup(n == 1 ? "the socket passed by systemd" : path);
+        fd = passed_socket();
+        m->socket_path = strdup(fd >= 0 ? "the socket passed by systemd" : path);
         if (!m->socket_path)
                 return -ENOMEM;
-        if (n == 1) {
-                fd = SD_LISTEN_FDS_START;
-                if (sd_is_socket_unix(fd, SOCK_SEQPACKET, 1, NULL, 0) <= 0)
-                        return log_error_errno(-EINVAL, "The socket passed by systemd is not a listening SOCK_SEQPACKET socket");
+        if (fd >= 0) {
                 (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         } else {
                 if (strlen(path) >= sizeof(sa.sun_path))
@@ -221,6 +246,7 @@ int manager_setup_zero_pool(Manager *m) {
         r = pool_new(UINT16_MAX, -1, &m->pools[m->n_pools]);
         if (r < 0)
                 return r;
+        manager_store_pool(m, m->n_pools);
         m->zero_pool = (int) m->n_pools++;
         r = pool_alloc_run(m->pools[m->zero_pool], DEDUP_PROTO_MAX_RUN, &off);
         if (r < 0)
@@ -258,8 +284,24 @@ static int status_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
 }
 
+/* Hand a new pool's memfd to systemd's fd store (FileDescriptorStoreMax=
+ * in dedupd.service), so a restarted dedupd can get its pools back. */
+void manager_store_pool(Manager *m, unsigned id) {
+        char msg[64];
+        int fd = pool_fd(m->pools[id]), r;
+
+        snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=pool-%u", id);
+        r = sd_pid_notify_with_fds(0, false, msg, &fd, 1);
+        if (r < 0)
+                log_debug_errno(r, "Cannot store pool %u with systemd: %m", id);
+}
+
 int manager_start(Manager *m) {
         int r;
+
+        r = sd_event_set_watchdog(m->event, true);
+        if (r < 0)
+                return r;
 
         r = manager_schedule_scan(m);
         if (r < 0)

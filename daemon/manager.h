@@ -167,6 +167,7 @@ int manager_listen(Manager *m, const char *path);
 int manager_start(Manager *m);
 int manager_setup_zero_pool(Manager *m);
 int manager_set_run(Manager *m, unsigned run);
+void manager_store_pool(Manager *m, unsigned id);
 void manager_set_vma_headroom(Manager *m, uint64_t headroom);
 void manager_write_status(Manager *m);
 /* DESIGN.md §4: bytes saved minus what saving them costs: the daemon's own
