@@ -39,9 +39,6 @@
 #define ERROR_BUSY "org.dedupd1.Error.Busy"
 #define ERROR_NO_SUCH_VM "org.dedupd1.Error.NoSuchVM"
 
-#ifndef ADMIN_GROUP
-#define ADMIN_GROUP "dedupd"
-#endif
 
 /* ---- who may change things ---- */
 
@@ -120,8 +117,10 @@ static int set_tunable(sd_bus *bus, const char *path, const char *interface, con
                 log_warning("Refused D-Bus change: %s", err);
                 return sd_bus_error_set(error, r == -EBUSY ? ERROR_BUSY : SD_BUS_ERROR_INVALID_ARGS, err);
         }
-        if (r > 0 && strcmp(property, "Run") == 0)
+        if (r > 0) {
+                manager_bus_property_changed(m, property);
                 manager_bus_check_vms(m);
+        }
         return 0;
 }
 
@@ -322,6 +321,8 @@ static int vm_set_group_property(sd_bus *bus, const char *path, const char *inte
                 return sd_bus_error_setf(error, ERROR_BUSY,
                                          "Cannot change MergeGroup of VM '%s' to %u while it has merged pages; "
                                          "call Unmerge() first", vm->name, group);
+        if (r >= 0)
+                (void) sd_bus_emit_properties_changed(bus, path, VM_IFACE, "MergeGroup", NULL);
         return r;
 }
 
@@ -436,7 +437,7 @@ static int set_log(sd_bus *bus, const char *path, const char *interface, const c
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                          "Invalid value '%s' for LogTarget: allowed console, journal, null", s);
         log_info("%s set to %s", property, s);
-        return 0;
+        return sd_bus_emit_properties_changed(bus, path, interface, property, NULL);
 }
 
 static const sd_bus_vtable log_control_vtable[] = {
