@@ -22,6 +22,8 @@ static void help(const Manager *defaults) {
                "Deduplicate the memory of guests whose RAM is a shared memfd.\n\n"
                "  -h --help                                    show this help\n"
                "     --version                                 show the version\n"
+               "     --config=PATH                             config file (default %s)\n"
+               "     --check-config[=PATH]                     check the config file and exit\n"
                "     --socket=PATH                             VMM registration socket (default %s)\n"
                "     --allow-group=GROUP                       besides root, let this group register VMMs\n"
                "     --bus=system|session|ADDRESS|none         D-Bus to serve org.dedupd1 on (default system)\n"
@@ -29,12 +31,12 @@ static void help(const Manager *defaults) {
                "     --numa-topology=FILE                      injected NUMA topology (tests)\n"
                "     --status-file=PATH                        write counters there every 500 ms\n\n"
                "Tunables (also D-Bus properties of org.dedupd1.Manager, see org.dedupd1(5)):\n",
-               DEDUP_DEFAULT_SOCKET);
+               DEDUPD_CONFIG_FILE, DEDUP_DEFAULT_SOCKET);
         tunables_print_help(defaults);
 }
 
 enum {
-        ARG_VERSION = 0x100, ARG_SOCKET, ARG_ALLOW_GROUP, ARG_BUS, ARG_BUS_INTROSPECT, ARG_TOPOLOGY, ARG_STATUS,
+        ARG_VERSION = 0x100, ARG_CONFIG, ARG_CHECK_CONFIG, ARG_SOCKET, ARG_ALLOW_GROUP, ARG_BUS, ARG_BUS_INTROSPECT, ARG_TOPOLOGY, ARG_STATUS,
         ARG_TUNABLE,    /* + index in tunables[] */
 };
 
@@ -42,6 +44,8 @@ static int parse_argv(Manager *m, int argc, char **argv, const char **ret_socket
         static const struct option fixed[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
+                { "config", required_argument, NULL, ARG_CONFIG },
+                { "check-config", optional_argument, NULL, ARG_CHECK_CONFIG },
                 { "socket", required_argument, NULL, ARG_SOCKET },
                 { "allow-group", required_argument, NULL, ARG_ALLOW_GROUP },
                 { "bus", required_argument, NULL, ARG_BUS },
@@ -70,6 +74,9 @@ static int parse_argv(Manager *m, int argc, char **argv, const char **ret_socket
                 case ARG_VERSION:
                         printf("dedupd %s\n", PACKAGE_VERSION);
                         return 0;
+                case ARG_CONFIG:
+                case ARG_CHECK_CONFIG:
+                        break;          /* done by load_config() */
                 case ARG_SOCKET:
                         *ret_socket = optarg;
                         break;
@@ -119,6 +126,44 @@ static int parse_argv(Manager *m, int argc, char **argv, const char **ret_socket
         return 1;
 }
 
+/* The config file comes first so that options override it: --config=PATH
+ * (must exist) or the default (may be absent). --check-config[=PATH] only
+ * checks it. Returns 1 to go on, 0 to exit successfully, < 0 on error. */
+static int load_config(Manager *m, int argc, char **argv, const char **ret_socket) {
+        _cleanup_(config_freep) Config *c = NULL;
+        const char *path = DEDUPD_CONFIG_FILE;
+        bool must_exist = false, check = false;
+        int r;
+
+        for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
+                if (strncmp(argv[i], "--config=", 9) == 0)
+                        path = argv[i] + 9, must_exist = true;
+                else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+                        path = argv[++i], must_exist = true;
+                else if (strcmp(argv[i], "--check-config") == 0)
+                        check = true;
+                else if (strncmp(argv[i], "--check-config=", 15) == 0)
+                        path = argv[i] + 15, must_exist = check = true;
+        }
+        r = config_load(path, must_exist, &c);
+        if (r < 0) {
+                if (check)
+                        printf("%s: invalid\n", path);
+                return r;
+        }
+        if (check) {
+                printf("%s: OK\n", path);
+                return 0;
+        }
+        r = config_apply(c, m);
+        if (r < 0)
+                return r;
+        if (config_socket(c))
+                *ret_socket = config_socket(c);
+        m->config = TAKE_PTR(c);
+        return 1;
+}
+
 int main(int argc, char **argv) {
         _cleanup_(manager_freep) Manager *m = NULL;
         const char *socket_path = getenv("DEDUPD_SOCKET") ?: DEDUP_DEFAULT_SOCKET;
@@ -130,6 +175,9 @@ int main(int argc, char **argv) {
                 log_error_errno(r, "Cannot set up: %m");
                 return EXIT_FAILURE;
         }
+        r = load_config(m, argc, argv, &socket_path);
+        if (r <= 0)
+                return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
         r = parse_argv(m, argc, argv, &socket_path);
         if (r <= 0)
                 return r < 0 ? 2 : EXIT_SUCCESS;

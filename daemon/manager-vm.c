@@ -147,7 +147,8 @@ static void vm_handle_hello(Vm *vm, const struct dedup_msg_hello *h) {
                 return vm_disconnect(vm, EEXIST, "a VM of that name is already registered");
         memcpy(vm->name, h->name, sizeof(vm->name));
         memcpy(vm->uuid, h->uuid, sizeof(vm->uuid));
-        r = dedup_engine_add_vm(m->engine, 0, &vm->engine_vm);
+        vm->group = config_merge_group(m->config, vm->name, vm->uuid);
+        r = dedup_engine_add_vm(m->engine, vm->group, &vm->engine_vm);
         if (r < 0)
                 return vm_disconnect(vm, r, "cannot register the VM");
         vm->hello_done = true;

@@ -77,6 +77,7 @@ Manager *manager_free(Manager *m) {
         free(m->socket_path);
         free(m->status_file);
         free(m->bus_spec);
+        config_free(m->config);
         free(m);
         return NULL;
 }
@@ -354,9 +355,10 @@ void manager_write_status(Manager *m) {
                 if (!vm || !vm->hello_done || vm->disconnected ||
                     dedup_engine_vm_stats(m->engine, vm->engine_vm, &vs) < 0)
                         continue;
-                fprintf(f, "vm.%s.pid=%d\nvm.%s.merging_pages=%llu\nvm.%s.zero_pages=%llu\nvm.%s.vmas=%llu\n",
-                        vm->name, (int) vm->pid, vm->name, (unsigned long long) vs.merging_pages, vm->name,
-                        (unsigned long long) vs.zero_pages, vm->name, (unsigned long long) vm->vma.current);
+                fprintf(f, "vm.%s.pid=%d\nvm.%s.group=%u\nvm.%s.merging_pages=%llu\nvm.%s.zero_pages=%llu\n"
+                        "vm.%s.vmas=%llu\n",
+                        vm->name, (int) vm->pid, vm->name, vm->group, vm->name, (unsigned long long) vs.merging_pages,
+                        vm->name, (unsigned long long) vs.zero_pages, vm->name, (unsigned long long) vm->vma.current);
                 if (vm->reason[0])
                         fprintf(f, "vm.%s.reason=%s\n", vm->name, vm->reason);
                 for (unsigned j = 0; j < vm->n_regions; j++)

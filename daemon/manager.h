@@ -14,6 +14,7 @@
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
 
+#include "config.h"
 #include "dedup-engine.h"
 #include "dedup-proto.h"
 #include "numa-topology.h"
@@ -149,6 +150,7 @@ struct Manager {
         uint64_t full_scan_started_us;  /* for the advisor: wall and CPU time */
         uint64_t full_scan_cpu_us;
 
+        Config *config;                 /* merge group rules */
         char *bus_spec;                 /* --bus: "system", "session", an address or "none" */
         sd_bus *bus;
         char *status_file;

@@ -36,12 +36,15 @@ start_dedupd() {
         wait_for 10 "[ -S '$T/vmm.sock' ] && [ -f '$T/status' ]" || fail "dedupd did not start"
 }
 
+# sim_var NAME: NAME as a shell variable suffix (VM names may hold - . :)
+sim_var() { echo "$1" | tr -c 'A-Za-z0-9_\n' _; }
+
 # start_sim NAME [options...]: a guest simulator registered with dedupd
 start_sim() {
         name=$1; shift
         "$SIM" --name="$name" --socket="$T/vmm.sock" --stats-file="$T/$name.stats" \
                 --ready-file="$T/$name.ready" --stats-interval-ms=200 "$@" >"$T/$name.log" 2>&1 &
-        eval "SIM_PID_$name=$!"
+        eval "SIM_PID_$(sim_var "$name")=$!"
         PIDS="$PIDS $!"
         wait_for 30 "[ -f '$T/$name.ready' ]" || { cat "$T/$name.log"; fail "guest-sim $name not ready"; }
 }
@@ -64,7 +67,7 @@ stat() {
 
 # stop_sim NAME: SIGTERM, then it must exit 0 (no mismatch, no hang)
 stop_sim() {
-        eval "p=\$SIM_PID_$1"
+        eval "p=\$SIM_PID_$(sim_var "$1")"
         kill -TERM "$p" 2>/dev/null || true
         rc=0
         wait "$p" || rc=$?
