@@ -78,6 +78,30 @@ VA="org.dedupd1 /org/dedupd1/vm/a org.dedupd1.VM"
 [ "$($B get-property $VA MergingPages | cut -d' ' -f2)" -gt 0 ] || fail "VM a has no merging pages"
 $B get-property $VA Regions | grep -q '"merging" ""' || fail "VM a's region: $($B get-property $VA Regions)"
 
+# dedupctl, the operator's view of the same: text, JSON that parses, verbs.
+CTL="$top_builddir/daemon/dedupctl --address=$BUS_ADDRESS"
+$CTL status | tee "$T/ctl-status"
+grep -q "saved: .*MiB" "$T/ctl-status" || fail "dedupctl status shows no savings"
+$CTL vms | tee "$T/ctl-vms"
+grep -q "^a .* merging " "$T/ctl-vms" || fail "dedupctl vms lacks VM a"
+for v in status vms "vm a" get; do
+        $CTL --json $v | python3 -c 'import json,sys; json.load(sys.stdin)' || fail "dedupctl --json $v is not JSON"
+done
+[ "$($CTL --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["PagesSharing"] > 0)')" = True ] ||
+        fail "dedupctl --json status: no PagesSharing"
+$CTL vm a | grep -q "^  0: gpa 0x0, 32.0 MiB, memfd .*, merging" || fail "dedupctl vm a: $($CTL vm a)"
+$CTL set pages-to-scan 3000 && [ "$($CTL get PagesToScan)" = 3000 ] || fail "dedupctl set/get"
+rc=0; $CTL set PagesToScan 0 2>"$T/ctl-err" || rc=$?
+[ $rc = 1 ] && grep -q "Invalid value '0' for PagesToScan" "$T/ctl-err" || fail "dedupctl set refusal: exit $rc, $(cat "$T/ctl-err")"
+rc=0; $CTL vm nosuchvm 2>/dev/null || rc=$?; [ $rc = 4 ] || fail "dedupctl vm nosuchvm exited $rc, not 4"
+rc=0; $CTL get NoSuchTunable 2>/dev/null || rc=$?; [ $rc = 4 ] || fail "dedupctl get NoSuchTunable exited $rc"
+rc=0; $CTL frobnicate 2>/dev/null || rc=$?; [ $rc = 2 ] || fail "dedupctl frobnicate exited $rc, not 2"
+rc=0; "$top_builddir/daemon/dedupctl" --address=unix:path=$T/nobus status 2>/dev/null || rc=$?
+[ $rc = 3 ] || fail "dedupctl without a bus exited $rc, not 3"
+timeout 3 $CTL watch --interval=0.5 >"$T/watch" || true
+[ "$(grep -c '^--$' "$T/watch")" -ge 2 ] || fail "dedupctl watch did not refresh: $(cat "$T/watch")"
+$CTL set PagesToScan 4096
+
 # EBUSY rules: refused with their own error, nothing changed.
 out=$($B set-property $M MaxPageSharing u 5 2>&1) && fail "MaxPageSharing changed while pages are shared"
 echo "$out" | grep -q "Cannot change MaxPageSharing to 5 while pages are shared" || fail "EBUSY refusal: $out"
