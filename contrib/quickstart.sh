@@ -14,7 +14,7 @@ build="$top/build"
 # Build dependencies, test dependencies and what the demo runs.
 packages="build-essential autoconf autoconf-archive automake libtool pkg-config
           libsystemd-dev liburing-dev libnuma-dev libxxhash-dev check
-          clang libclang-rt-14-dev dbus systemd util-linux python3 strace"
+          clang libclang-rt-14-dev dbus systemd util-linux python3 strace man-db"
 
 need_root() {
         if [ "$(id -u)" != 0 ]; then
