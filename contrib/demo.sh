@@ -1,7 +1,9 @@
 #!/bin/sh
 # The demo: dedupd with three simulated guests (memfd RAM sharing an OS
 # image, plus zero, unique and volatile pages, writers running and every
-# byte verified), showing the memory saved per guest as it merges.
+# byte verified), showing the memory saved per guest as it merges, then
+# what an operator sees: dedupctl status and dedupctl vms over a private
+# D-Bus (this machine has no system bus).
 # Run from a build directory: contrib/demo.sh [MiB per guest] [seconds]
 set -eu
 MIB=${1:-256}
@@ -16,7 +18,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 stat() { v=$(sed -n "s/^$2=//p" "$1" 2>/dev/null | tail -n 1); echo "${v:-0}"; }
 
-./daemon/dedupd --bus=none --socket="$T/vmm.sock" --status-file="$T/status" --pages-to-scan=20000 --sleep-millisecs=10 \
+dbus-daemon --session --address="unix:path=$T/bus" --nofork --nopidfile >"$T/bus.log" 2>&1 &
+PIDS="$PIDS $!"
+while [ ! -S "$T/bus" ]; do sleep 0.1; done
+./daemon/dedupd --bus="unix:path=$T/bus" --socket="$T/vmm.sock" --status-file="$T/status" --pages-to-scan=20000 --sleep-millisecs=10 \
         >"$T/dedupd.log" 2>&1 &
 PIDS="$PIDS $!"
 while [ ! -S "$T/vmm.sock" ]; do sleep 0.1; done
@@ -43,3 +48,9 @@ for g in guest1 guest2 guest3; do
                 "$(stat $T/$g.stats mismatches)"
 done
 echo "dedupd's pools hold $(( $(stat $T/status pages_shared) / 256 )) MiB of canonical pages; net saved $(( ($(stat $T/status pages_sharing) + $(stat $T/status zero_pages)) / 256 )) MiB"
+echo
+echo "$ dedupctl status"
+./daemon/dedupctl --address="unix:path=$T/bus" status
+echo
+echo "$ dedupctl vms"
+./daemon/dedupctl --address="unix:path=$T/bus" vms
