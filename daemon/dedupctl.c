@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bus-util.h"
 #include "dedup-util.h"
 
 #define BUS_NAME "org.dedupd1"
@@ -592,22 +593,9 @@ static int parse_argv(int argc, char **argv) {
 }
 
 static int connect_bus(sd_bus **ret) {
-        _cleanup_(sd_bus_unrefp) sd_bus *bus = NULL;
-        int r;
-
-        if (!arg_address)
-                return arg_user ? sd_bus_open_user(ret) : sd_bus_open_system(ret);
-        r = sd_bus_new(&bus);
-        if (r >= 0)
-                r = sd_bus_set_address(bus, arg_address);
-        if (r >= 0)
-                r = sd_bus_set_bus_client(bus, true);
-        if (r >= 0)
-                r = sd_bus_start(bus);
-        if (r < 0)
-                return r;
-        *ret = TAKE_PTR(bus);
-        return 0;
+        if (arg_address)
+                return bus_open_address(arg_address, ret);
+        return arg_user ? sd_bus_open_user(ret) : sd_bus_open_system(ret);
 }
 
 int main(int argc, char **argv) {

@@ -27,6 +27,7 @@
 #include <systemd/sd-bus.h>
 #include <unistd.h>
 
+#include "bus-util.h"
 #include "manager.h"
 #include "tunables.h"
 #include "util.h"
@@ -469,24 +470,11 @@ static int add_objects(sd_bus *bus, Manager *m) {
 }
 
 static int open_bus(const char *spec, sd_bus **ret) {
-        _cleanup_(sd_bus_unrefp) sd_bus *bus = NULL;
-        int r;
-
         if (strcmp(spec, "system") == 0)
                 return sd_bus_open_system_with_description(ret, "dedupd");
         if (strcmp(spec, "session") == 0)
                 return sd_bus_open_user_with_description(ret, "dedupd");
-        r = sd_bus_new(&bus);
-        if (r >= 0)
-                r = sd_bus_set_address(bus, spec);
-        if (r >= 0)
-                r = sd_bus_set_bus_client(bus, true);
-        if (r >= 0)
-                r = sd_bus_start(bus);
-        if (r < 0)
-                return r;
-        *ret = TAKE_PTR(bus);
-        return 0;
+        return bus_open_address(spec, ret);
 }
 
 int manager_connect_bus(Manager *m) {
