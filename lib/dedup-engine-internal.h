@@ -169,6 +169,7 @@ static inline uint32_t nibble(uint32_t w, unsigned shift) {
 
 /* dedup-engine.c */
 uint64_t engine_hash(const DedupEngine *e, const void *data);
+uint64_t engine_hash_avx2(const void *page);     /* dedup-hash-avx2.c; x86-64 with AVX2 only */
 Region *engine_region(const DedupEngine *e, dedup_page_t page);
 PageSlot *engine_slot(const DedupEngine *e, dedup_page_t page, Region **ret_region);
 void engine_set_state(DedupEngine *e, Region *r, PageSlot *s, unsigned state);

@@ -61,6 +61,10 @@ DedupEngine *dedup_engine_free(DedupEngine *e) {
 uint64_t engine_hash(const DedupEngine *e, const void *data) {
         if (e->ops.hash)
                 return e->ops.hash(e->userdata, data);
+#ifdef HAVE_HASH_AVX2
+        if (__builtin_cpu_supports("avx2"))
+                return engine_hash_avx2(data);
+#endif
         return XXH3_64bits(data, DEDUP_PAGE_SIZE);
 }
 
