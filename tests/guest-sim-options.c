@@ -58,6 +58,11 @@ static void help(void) {
                "                            half the time with their original content (a no-op\n"
                "                            write that still breaks a merged page) and half the\n"
                "                            time with new content (default 0)\n"
+               "  --churn-after=SECONDS     churn writes begin SECONDS after start, or at\n"
+               "                            SIGUSR1 if that comes first (decimals allowed;\n"
+               "                            default 0): pages merge first, then the churn\n"
+               "                            measures un-merge (COW break) latency. SIGUSR1\n"
+               "                            also restarts the fault_write_* statistics\n"
                "  --duration=SECONDS        run time, decimals allowed (default 0: until\n"
                "                            SIGTERM or SIGINT)\n"
                "  --verify-interval-ms=N    pause between verify passes (default 0: continuous)\n"
@@ -73,8 +78,10 @@ static void help(void) {
                "  -h, --help                show this help\n"
                "\n"
                "Stats keys: name pid backend pages verified_passes mismatches writes\n"
-               "max_write_us hangs rss_kib rss_anon_kib memfd_kib (memfd: memory allocated to\n"
-               "guest RAM, st_blocks) ksm_merging_pages ksm_zero_pages (anon-ksm)\n"
+               "max_write_us fault_writes fault_write_p50_us fault_write_p99_us (writes that\n"
+               "took %u us or more: they faulted, e.g. broke copy-on-write of a merged page)\n"
+               "hangs rss_kib rss_anon_kib memfd_kib (memfd: memory allocated to guest RAM,\n"
+               "st_blocks) ksm_merging_pages ksm_zero_pages (anon-ksm)\n"
                "dedup_connected and, when registered, dedup_remapped_pages dedup_aborted_pages\n"
                "dedup_cow_breaks dedup_written_faults dedup_merged_pages; also\n"
                "verify_skipped verify_retries verify_mib_s writes_per_s uptime_ms. The last\n"
@@ -85,7 +92,7 @@ static void help(void) {
                "writers stop, one last full verify pass runs, final stats are printed.\n"
                "\n"
                "Exit status: 0 clean, 1 mismatch, 2 usage error, 3 hang, 4 setup failure.\n",
-               SIM_RUN_PAGES, SIM_STATS_FILE_DEFAULT_MSEC, SIM_MISMATCH_REPORTS);
+               SIM_RUN_PAGES, SIM_STATS_FILE_DEFAULT_MSEC, SIM_FAULT_WRITE_USEC, SIM_MISMATCH_REPORTS);
 }
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...) {
@@ -178,6 +185,7 @@ enum {
         ARG_WRITERS,
         ARG_WRITE_RATE,
         ARG_CHURN_PCT,
+        ARG_CHURN_AFTER,
         ARG_DURATION,
         ARG_VERIFY_INTERVAL,
         ARG_STATS_INTERVAL,
@@ -207,6 +215,7 @@ int sim_options_parse(struct sim_options *o, struct sim_layout *l, int argc, cha
                 { "writers", required_argument, NULL, ARG_WRITERS },
                 { "write-rate", required_argument, NULL, ARG_WRITE_RATE },
                 { "churn-pct", required_argument, NULL, ARG_CHURN_PCT },
+                { "churn-after", required_argument, NULL, ARG_CHURN_AFTER },
                 { "duration", required_argument, NULL, ARG_DURATION },
                 { "verify-interval-ms", required_argument, NULL, ARG_VERIFY_INTERVAL },
                 { "stats-interval-ms", required_argument, NULL, ARG_STATS_INTERVAL },
@@ -293,6 +302,9 @@ int sim_options_parse(struct sim_options *o, struct sim_layout *l, int argc, cha
                 case ARG_CHURN_PCT:
                         r = parse_u64("churn-pct", optarg, 0, 100, &v);
                         l->churn_pct = (unsigned) v;
+                        break;
+                case ARG_CHURN_AFTER:
+                        r = parse_seconds_ms("churn-after", optarg, &o->churn_after_ms);
                         break;
                 case ARG_DURATION:
                         r = parse_seconds_ms("duration", optarg, &o->duration_ms);

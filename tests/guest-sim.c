@@ -82,11 +82,15 @@ struct sim_writer {
         pthread_t thread;
         bool started;
         unsigned id;
-        uint32_t *pages;                /* pages this writer owns (and nobody else writes) */
-        size_t n_pages;
+        uint32_t *pages;                /* pages this writer owns (and nobody else writes): */
+        size_t n_volatile;              /* volatile ones first, */
+        size_t n_pages;                 /* then churned ones */
         uint64_t rng;                   /* xorshift64 state, writer thread only */
         _Atomic uint64_t writes;        /* completed page writes */
         _Atomic uint64_t max_write_ns;  /* longest single page write */
+        /* Writes of SIM_FAULT_WRITE_USEC or more by whole us, the last
+         * bucket holding everything from SIM_FAULT_HIST_USEC on. */
+        _Atomic uint64_t fault_hist[SIM_FAULT_HIST_USEC + 1];
         /* CLOCK_MONOTONIC ns when the write in progress began, 0 while the
          * writer is between writes: the watchdog's view of a stuck write. */
         _Atomic uint64_t busy_since_ns;
@@ -112,6 +116,7 @@ struct sim {
         struct sim_writer *writers;
 
         uint64_t start_ns;              /* CLOCK_MONOTONIC when writers started */
+        _Atomic uint64_t churn_at_ns;   /* writers rewrite churned pages from then on */
         /* Verifier statistics, written by the verifier (and the final pass
          * in main after the verifier is joined), read by main: relaxed. */
         _Atomic uint64_t passes;        /* complete verify passes */
@@ -318,14 +323,20 @@ static int sim_setup_writers(struct sim *s) {
                 if (!w->pages)
                         return -ENOMEM;
         }
-        /* Deal writable pages round robin: each page has exactly one writer. */
+        /* Deal writable pages round robin, volatile ones first (churn may
+         * start later, see writer_main): each page has exactly one writer. */
         size_t k = 0;
-        for (uint64_t p = 0; p < s->layout.n_pages; p++)
-                if (sim_layout_writable(&s->layout, p)) {
-                        struct sim_writer *w = &s->writers[k++ % s->opt.n_writers];
+        for (int churn = 0; churn <= 1; churn++) {
+                for (uint64_t p = 0; p < s->layout.n_pages; p++)
+                        if (sim_layout_writable(&s->layout, p) &&
+                            (sim_layout_kind(&s->layout, p) != SIM_KIND_VOLATILE) == churn) {
+                                struct sim_writer *w = &s->writers[k++ % s->opt.n_writers];
 
-                        w->pages[w->n_pages++] = (uint32_t) p;
-                }
+                                w->pages[w->n_pages++] = (uint32_t) p;
+                        }
+                for (unsigned i = 0; !churn && i < s->opt.n_writers; i++)
+                        s->writers[i].n_volatile = s->writers[i].n_pages;
+        }
         return 0;
 }
 
@@ -472,6 +483,12 @@ static void write_page(struct sim_writer *w, uint64_t p) {
         atomic_store_explicit(&w->busy_since_ns, 0, memory_order_relaxed);
         atomic_fetch_add_explicit(&w->writes, 1, memory_order_relaxed);
         atomic_max_u64(&w->max_write_ns, t1 - t0);
+        if (t1 - t0 >= SIM_FAULT_WRITE_USEC * NSEC_PER_USEC) {
+                uint64_t us = (t1 - t0) / NSEC_PER_USEC;
+
+                atomic_fetch_add_explicit(&w->fault_hist[us < SIM_FAULT_HIST_USEC ? us : SIM_FAULT_HIST_USEC], 1,
+                                          memory_order_relaxed);
+        }
 }
 
 static void *writer_main(void *arg) {
@@ -481,11 +498,14 @@ static void *writer_main(void *arg) {
         uint64_t next = now_ns();
 
         while (!atomic_load_explicit(&s->stop_writers, memory_order_relaxed)) {
-                if (w->n_pages == 0) {
+                bool churn = now_ns() >= atomic_load_explicit(&s->churn_at_ns, memory_order_relaxed);
+                size_t n = churn ? w->n_pages : w->n_volatile;
+
+                if (n == 0) {
                         sleep_ns(TICK_MSEC * NSEC_PER_MSEC);
                         continue;
                 }
-                write_page(w, w->pages[xorshift64(&w->rng) % w->n_pages]);
+                write_page(w, w->pages[xorshift64(&w->rng) % n]);
 
                 if (interval) {
                         uint64_t now = now_ns();
@@ -554,10 +574,31 @@ static int64_t read_ksm_stat(const char *key) {
         return v;
 }
 
+/* Count, median and 99th percentile (in us, the bucket's lower bound) of
+ * the faulted writes of all writers. */
+static void fault_write_percentiles(struct sim *s, uint64_t *ret_n, uint64_t *ret_p50, uint64_t *ret_p99) {
+        uint64_t hist[SIM_FAULT_HIST_USEC + 1] = {}, n = 0, seen = 0;
+
+        *ret_p50 = *ret_p99 = 0;
+        for (unsigned i = 0; i < s->opt.n_writers; i++)
+                for (unsigned us = 0; us <= SIM_FAULT_HIST_USEC; us++)
+                        hist[us] += atomic_load_explicit(&s->writers[i].fault_hist[us], memory_order_relaxed);
+        for (unsigned us = 0; us <= SIM_FAULT_HIST_USEC; us++)
+                n += hist[us];
+        *ret_n = n;
+        for (unsigned us = 0; n && us <= SIM_FAULT_HIST_USEC; us++) {
+                if (seen < (n + 1) / 2 && seen + hist[us] >= (n + 1) / 2)
+                        *ret_p50 = us;
+                if (seen < n - n / 100 && seen + hist[us] >= n - n / 100)
+                        *ret_p99 = us;
+                seen += hist[us];
+        }
+}
+
 /* One space-separated list of key=value; the file form swaps ' ' for '\n'
  * (no value contains a space: names are validated). */
 static void sim_format_stats(struct sim *s, struct strbuf *b) {
-        uint64_t writes = 0, max_write_ns = 0, rss_kib = 0, anon_kib = 0, now = now_ns();
+        uint64_t writes = 0, max_write_ns = 0, rss_kib = 0, anon_kib = 0, now = now_ns(), faults, p50, p99;
         uint64_t vbytes, vns, elapsed = s->start_ns && now > s->start_ns ? now - s->start_ns : 0;
 
         for (unsigned i = 0; i < s->opt.n_writers; i++) {
@@ -567,15 +608,17 @@ static void sim_format_stats(struct sim *s, struct strbuf *b) {
                         max_write_ns = m;
         }
         (void) read_statm(&rss_kib, &anon_kib);
+        fault_write_percentiles(s, &faults, &p50, &p99);
         vbytes = atomic_load_explicit(&s->verify_bytes, memory_order_relaxed);
         vns = atomic_load_explicit(&s->verify_ns, memory_order_relaxed);
 
         sb_add(b, "name=%s pid=%d backend=%s pages=%" PRIu64 " verified_passes=%" PRIu64 " mismatches=%" PRIu64
-               " writes=%" PRIu64 " max_write_us=%" PRIu64 " hangs=%" PRIu64 " rss_kib=%" PRIu64 " rss_anon_kib=%" PRIu64,
+               " writes=%" PRIu64 " max_write_us=%" PRIu64 " fault_writes=%" PRIu64 " fault_write_p50_us=%" PRIu64
+               " fault_write_p99_us=%" PRIu64 " hangs=%" PRIu64 " rss_kib=%" PRIu64 " rss_anon_kib=%" PRIu64,
                s->opt.name, (int) getpid(), s->opt.backend == SIM_BACKEND_MEMFD ? "memfd" : "anon-ksm", s->layout.n_pages,
                atomic_load_explicit(&s->passes, memory_order_relaxed),
                atomic_load_explicit(&s->mismatches, memory_order_relaxed), writes,
-               (max_write_ns + NSEC_PER_USEC - 1) / NSEC_PER_USEC, s->hangs, rss_kib, anon_kib);
+               (max_write_ns + NSEC_PER_USEC - 1) / NSEC_PER_USEC, faults, p50, p99, s->hangs, rss_kib, anon_kib);
 
         if (s->opt.backend == SIM_BACKEND_MEMFD) {
                 struct stat st;
@@ -683,7 +726,15 @@ static int sim_run(struct sim *s, const sigset_t *sigs) {
                 int sig, w;
 
                 sig = sigtimedwait(sigs, &si, &tick);
-                if (sig > 0) {
+                if (sig == SIGUSR1) {
+                        /* Churn starts, and faulted writes are counted from
+                         * here (a concurrent write may be lost, or counted). */
+                        for (unsigned i = 0; i < s->opt.n_writers; i++)
+                                for (unsigned us = 0; us <= SIM_FAULT_HIST_USEC; us++)
+                                        atomic_store_explicit(&s->writers[i].fault_hist[us], 0, memory_order_relaxed);
+                        atomic_store_explicit(&s->churn_at_ns, now_ns(), memory_order_relaxed);
+                        printf("guest-sim: SIGUSR1 received, churn starts, faulted-write histogram restarts\n");
+                } else if (sig > 0) {
                         printf("guest-sim: %s received, stopping\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
                         return 0;
                 }
@@ -724,6 +775,7 @@ static int sim_start_threads(struct sim *s) {
         int r;
 
         s->start_ns = now_ns();
+        s->churn_at_ns = s->start_ns + s->opt.churn_after_ms * NSEC_PER_MSEC;
         r = pthread_create(&s->verifier, NULL, verifier_main, s);
         if (r)
                 return fprintf(stderr, "guest-sim: starting verifier thread: %s\n", strerror(r)), -r;
@@ -777,6 +829,7 @@ static int sim_execute(struct sim *s) {
         sigemptyset(&sigs);
         sigaddset(&sigs, SIGTERM);
         sigaddset(&sigs, SIGINT);
+        sigaddset(&sigs, SIGUSR1);
         r = pthread_sigmask(SIG_BLOCK, &sigs, NULL);
         if (r)
                 return fprintf(stderr, "guest-sim: pthread_sigmask: %s\n", strerror(r)), EXIT_SETUP;

@@ -30,7 +30,7 @@ fail() {
 
 # start_dedupd [options...]: dedupd on $T/vmm.sock writing $T/status
 start_dedupd() {
-        "$DEDUPD" --socket="$T/vmm.sock" --status-file="$T/status" --bus="${DEDUPD_BUS:-none}" "$@" >>"$T/dedupd.log" 2>&1 &
+        ${DEDUPD_WRAPPER:-} "$DEDUPD" --socket="$T/vmm.sock" --status-file="$T/status" --bus="${DEDUPD_BUS:-none}" "$@" >>"$T/dedupd.log" 2>&1 &
         DEDUPD_PID=$!
         PIDS="$PIDS $DEDUPD_PID"
         wait_for 10 "[ -S '$T/vmm.sock' ] && [ -f '$T/status' ]" || fail "dedupd did not start"
@@ -40,9 +40,13 @@ start_dedupd() {
 sim_var() { echo "$1" | tr -c 'A-Za-z0-9_\n' _; }
 
 # start_sim NAME [options...]: a guest simulator registered with dedupd
+# (unless --backend=anon-ksm)
 start_sim() {
         name=$1; shift
-        "$SIM" --name="$name" --socket="$T/vmm.sock" --stats-file="$T/$name.stats" \
+        sock="--socket=$T/vmm.sock"
+        case " $* " in *" --backend=anon-ksm "*) sock="--backend=anon-ksm" ;; esac
+        rm -f "$T/$name.ready" "$T/$name.stats"
+        "$SIM" --name="$name" "$sock" --stats-file="$T/$name.stats" \
                 --ready-file="$T/$name.ready" --stats-interval-ms=200 "$@" >"$T/$name.log" 2>&1 &
         eval "SIM_PID_$(sim_var "$name")=$!"
         PIDS="$PIDS $!"
