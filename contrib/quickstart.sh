@@ -4,6 +4,7 @@
 #
 #   ./contrib/quickstart.sh demo    build and run the main job, showing memory saved
 #   ./contrib/quickstart.sh check   build and run 'make check', print the summary
+#   ./contrib/quickstart.sh build   install the Debian packages and build (into build/)
 #   ./contrib/quickstart.sh deps    only install the Debian packages
 set -eu
 
@@ -75,7 +76,8 @@ demo() {
 
 case "${1:-}" in
 deps) deps ;;
+build) deps; build ;;
 demo) deps; build; demo ;;
 check) deps; build; check ;;
-*) echo "usage: $0 demo|check|deps" >&2; exit 2 ;;
+*) echo "usage: $0 demo|check|build|deps" >&2; exit 2 ;;
 esac

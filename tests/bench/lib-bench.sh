@@ -1,0 +1,200 @@
+# Shell helpers for the benchmarks in tests/bench/: find (or make) the
+# build, run one workload of guest simulators under dedupd or under kernel
+# KSM, and measure what it saved, how fast and at what CPU cost. Source it
+# from a script in tests/bench/. Benchmarks print figures; they assert
+# nothing about speed (these machines are noisy), only that no guest saw a
+# wrong byte.
+#
+# Kernel KSM's sysfs settings are read first and written back on every
+# exit path (the EXIT trap below; INT and TERM exit through it).
+
+set -eu
+
+srcdir=$(cd "$(dirname "$0")/../.." && pwd)
+if [ -z "${top_builddir:-}" ]; then
+        for d in "$srcdir" "$srcdir/build"; do
+                [ -x "$d/daemon/dedupd" ] && [ -x "$d/tests/guest-sim" ] && { top_builddir=$d; break; }
+        done
+fi
+if [ -z "${top_builddir:-}" ]; then
+        "$srcdir/contrib/quickstart.sh" build
+        top_builddir="$srcdir/build"
+fi
+export top_builddir
+. "$srcdir/tests/lib-daemon.sh"
+. "$srcdir/tests/lib-bus.sh"
+
+KSM=/sys/kernel/mm/ksm
+KSM_KNOBS="run pages_to_scan sleep_millisecs merge_across_nodes use_zero_pages max_page_sharing"
+KSM_SAVED=""
+
+# ksm_save: remember every KSM knob this machine has (once).
+ksm_save() {
+        [ -d "$KSM" ] || skip "no $KSM (kernel without CONFIG_KSM)"
+        [ -n "$KSM_SAVED" ] && return 0
+        for k in $KSM_KNOBS; do
+                [ -f "$KSM/$k" ] && KSM_SAVED="$KSM_SAVED $k=$(cat "$KSM/$k")"
+        done
+        KSM_SAVED="${KSM_SAVED# }"
+}
+
+# ksm_restore: write them back. run=2 first unmerges what the bench merged,
+# as stopping KSM alone would leave it merged.
+ksm_restore() {
+        [ -n "$KSM_SAVED" ] || return 0
+        echo 2 >"$KSM/run" 2>/dev/null || true
+        for kv in $KSM_SAVED; do
+                k=${kv%%=*}
+                [ "$k" = run ] || echo "${kv#*=}" >"$KSM/$k" 2>/dev/null || echo "bench: could not restore $KSM/$k" >&2
+        done
+        for kv in $KSM_SAVED; do
+                [ "${kv%%=*}" = run ] && echo "${kv#*=}" >"$KSM/run"
+        done
+        KSM_SAVED=""
+}
+
+bench_exit() {
+        rc=$?
+        ksm_restore
+        cleanup
+        exit "$rc"
+}
+trap bench_exit EXIT
+trap 'exit 130' INT TERM
+
+now() { date +%s.%N; }
+
+# ticks_s PID: CPU seconds of PID, all its threads, the dead ones too.
+ticks_s() {
+        awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# thread_cpu_s PID COMM: CPU seconds of PID's threads named COMM (schedstat, ns).
+thread_cpu_s() {
+        for t in /proc/"$1"/task/*; do
+                [ "$(cat "$t/comm" 2>/dev/null)" = "$2" ] && cut -d' ' -f1 "$t/schedstat" 2>/dev/null
+        done | awk '{ s += $1 } END { printf "%.3f\n", s / 1e9 }'
+}
+
+# engine_cpu_s ENGINE: CPU seconds spent deduplicating so far: dedupd and
+# the agent threads of the simulators, or ksmd.
+engine_cpu_s() {
+        if [ "$1" = dedupd ]; then
+                { ticks_s "$DEDUPD_PID"; for p in $SIMS_PIDS; do thread_cpu_s "$p" dedup-agent; done; } |
+                        awk '{ s += $1 } END { printf "%.3f\n", s }'
+        else
+                ticks_s "$(pgrep -x ksmd)"
+        fi
+}
+
+# saved_pages ENGINE: pages saved so far (dedupd: pages_sharing + zero
+# pages; KSM: pages_sharing + ksm_zero_pages).
+saved_pages() {
+        if [ "$1" = dedupd ]; then
+                echo $(( $(stat "$T/status" saved_bytes) / 4096 ))
+        else
+                echo $(( $(cat "$KSM/pages_sharing") + $(cat "$KSM/ksm_zero_pages" 2>/dev/null || echo 0) ))
+        fi
+}
+
+scanned_pages() {
+        if [ "$1" = dedupd ]; then stat "$T/status" pages_scanned; else cat "$KSM/pages_scanned"; fi
+}
+
+# start_engine ENGINE [dedupd options...]: dedupd (not merging yet, on a
+# private bus) or KSM stopped with its knobs saved; then start the sims.
+start_engine() {
+        engine=$1; shift
+        if [ "$engine" = dedupd ]; then
+                [ -n "${BUS_ADDRESS:-}" ] || start_private_bus
+                DEDUPD_BUS=$BUS_ADDRESS start_dedupd --run=0 "$@"
+        else
+                ksm_save
+                echo 2 >"$KSM/run"
+                echo 0 >"$KSM/run"
+        fi
+}
+
+# ksm_settings PAGES_TO_SCAN SLEEP_MS
+ksm_settings() {
+        echo "$1" >"$KSM/pages_to_scan"
+        echo "$2" >"$KSM/sleep_millisecs"
+        echo 1 >"$KSM/merge_across_nodes" 2>/dev/null || true
+        echo 0 >"$KSM/use_zero_pages" 2>/dev/null || true
+}
+
+# run_engine ENGINE: start merging now.
+run_engine() {
+        if [ "$1" = dedupd ]; then
+                "$top_builddir/daemon/dedupctl" --address="$BUS_ADDRESS" set Run 1 >/dev/null
+        else
+                echo 1 >"$KSM/run"
+        fi
+}
+
+# stop_engine ENGINE: dedupd is killed (its guests run on); KSM unmerges.
+stop_engine() {
+        if [ "$1" = dedupd ]; then
+                kill -TERM "$DEDUPD_PID" 2>/dev/null || true
+                wait "$DEDUPD_PID" 2>/dev/null || true
+        else
+                echo 2 >"$KSM/run"
+        fi
+}
+
+# start_sims ENGINE N MIB [guest-sim options...]: N simulators sharing one
+# OS image (image seed 1), each with its own unique content; SIMS_PIDS.
+start_sims() {
+        engine=$1 n=$2 mib=$3; shift 3
+        backend=memfd
+        [ "$engine" = ksm ] && backend=anon-ksm
+        SIMS="" SIMS_PIDS=""
+        i=1
+        while [ "$i" -le "$n" ]; do
+                start_sim "b$i" --backend="$backend" --size="$mib" --seed="$i" --verify-interval-ms=1000 "$@"
+                SIMS="$SIMS b$i"
+                eval "SIMS_PIDS=\"\$SIMS_PIDS \$SIM_PID_b$i\""
+                i=$((i + 1))
+        done
+}
+
+# stop_sims: every simulator must end clean: no wrong byte, no hang.
+stop_sims() {
+        for s in $SIMS; do stop_sim "$s" >/dev/null; done
+}
+
+# sims_sum KEY: a stats key summed over the simulators.
+sims_sum() {
+        for s in $SIMS; do stat "$T/$s.stats" "$1"; done | awk '{ s += $1 } END { print s + 0 }'
+}
+
+# sims_max KEY
+sims_max() {
+        for s in $SIMS; do stat "$T/$s.stats" "$1"; done | awk 'NR == 1 || $1 > m { m = $1 } END { print m + 0 }'
+}
+
+# converge ENGINE MAX_S: merge from now until savings stop growing (under
+# 1% more in 5 s) or MAX_S pass. Sets SAVED (pages), CONVERGE95_S (seconds
+# until 95% of SAVED), CPU_S and SCANNED (CPU seconds and pages scanned
+# until then).
+converge() {
+        engine=$1 max=$2
+        : >"$T/samples"
+        cpu0=$(engine_cpu_s "$engine")
+        scan0=$(scanned_pages "$engine")
+        t0=$(now)
+        run_engine "$engine"
+        ref=0 tref=0
+        while :; do
+                sleep 0.2
+                t=$(awk -v a="$(now)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
+                saved=$(saved_pages "$engine")
+                echo "$t $saved $(engine_cpu_s "$engine") $(scanned_pages "$engine")" >>"$T/samples"
+                if [ "$saved" -gt $((ref + ref / 100 + 16)) ]; then ref=$saved tref=$t; fi
+                awk -v t="$t" -v r="$tref" -v m="$max" 'BEGIN { exit !(t - r >= 5 || t >= m) }' && break
+        done
+        SAVED=$saved
+        set -- $(awk -v goal="$((saved * 95 / 100))" -v c0="$cpu0" -v s0="$scan0" \
+                '$2 >= goal { printf "%s %.3f %d\n", $1, $3 - c0, $4 - s0; exit }' "$T/samples")
+        CONVERGE95_S=$1 CPU_S=$2 SCANNED=$3
+}
