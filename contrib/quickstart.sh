@@ -15,7 +15,8 @@ build="$top/build"
 # Build dependencies, test dependencies and what the demo runs.
 packages="build-essential autoconf autoconf-archive automake libtool pkg-config
           libsystemd-dev liburing-dev libnuma-dev libxxhash-dev check
-          clang libclang-rt-14-dev dbus systemd util-linux python3 strace man-db"
+          clang libclang-rt-14-dev dbus systemd util-linux python3 strace man-db
+          qemu-system-x86 busybox-static cpio"
 
 need_root() {
         if [ "$(id -u)" != 0 ]; then
@@ -71,7 +72,7 @@ check() {
 
 demo() {
         make -s -j"$(nproc)" tests/guest-sim >/dev/null
-        "$top/contrib/demo.sh" "${DEDUP_DEMO_MIB:-256}" "${DEDUP_DEMO_SECONDS:-20}"
+        "$top/contrib/demo.sh" "${DEDUP_DEMO_MODE:-qemu}" "${DEDUP_DEMO_MIB:-256}" "${DEDUP_DEMO_SECONDS:-20}"
 }
 
 case "${1:-}" in
