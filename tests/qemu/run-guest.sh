@@ -45,14 +45,21 @@ done
 #  -no-reboot with panic=-1: a guest that panics ends QEMU at once instead of
 #     rebooting forever.
 #  quiet: the console carries the workload's lines, not boot messages.
+# GUEST_RAM=anon gives QEMU's default anonymous RAM instead (mem-merge=on:
+# MADV_MERGEABLE, kernel KSM's domain), to measure KSM on the same guests.
+kargs="$*"
+if [ "${GUEST_RAM:-memfd}" = anon ]; then
+	set -- -machine q35
+else
+	set -- -object "memory-backend-memfd,id=ram0,size=${mem}M,share=on" -machine q35,memory-backend=ram0
+fi
 exec "${QEMU:-qemu-system-x86_64}" \
 	-accel tcg \
 	-m "$mem" \
-	-object "memory-backend-memfd,id=ram0,size=${mem}M,share=on" \
-	-machine q35,memory-backend=ram0 \
+	"$@" \
 	-kernel "$cache/vmlinuz" \
 	-initrd "$cache/initramfs.cpio.gz" \
-	-append "console=ttyS0 quiet panic=-1${*:+ $*}" \
+	-append "console=ttyS0 quiet panic=-1${kargs:+ $kargs}" \
 	-display none \
 	-monitor none \
 	-nodefaults \
