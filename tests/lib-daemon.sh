@@ -44,9 +44,9 @@ sim_var() { echo "$1" | tr -c 'A-Za-z0-9_\n' _; }
 start_sim() {
         name=$1; shift
         sock="--socket=$T/vmm.sock"
-        case " $* " in *" --backend=anon-ksm "*) sock="--backend=anon-ksm" ;; esac
+        case " $* " in *" --backend=anon-ksm "*) sock="" ;; esac
         rm -f "$T/$name.ready" "$T/$name.stats"
-        "$SIM" --name="$name" "$sock" --stats-file="$T/$name.stats" \
+        "$SIM" --name="$name" ${sock:+"$sock"} --stats-file="$T/$name.stats" \
                 --ready-file="$T/$name.ready" --stats-interval-ms=200 "$@" >"$T/$name.log" 2>&1 &
         eval "SIM_PID_$(sim_var "$name")=$!"
         PIDS="$PIDS $!"

@@ -21,6 +21,7 @@ if [ -z "${top_builddir:-}" ]; then
         top_builddir="$srcdir/build"
 fi
 export top_builddir
+top_srcdir=$srcdir
 . "$srcdir/tests/lib-daemon.sh"
 . "$srcdir/tests/lib-bus.sh"
 
@@ -102,7 +103,9 @@ scanned_pages() {
 }
 
 # start_engine ENGINE [dedupd options...]: dedupd (not merging yet, on a
-# private bus) or KSM stopped with its knobs saved; then start the sims.
+# private bus) at its defaults, or KSM stopped with its knobs saved and set
+# as an operator tuning it for speed would (pages_to_scan=10000,
+# sleep_millisecs=0); then start the guests.
 start_engine() {
         engine=$1; shift
         if [ "$engine" = dedupd ]; then
@@ -112,15 +115,11 @@ start_engine() {
                 ksm_save
                 echo 2 >"$KSM/run"
                 echo 0 >"$KSM/run"
+                echo 10000 >"$KSM/pages_to_scan"
+                echo 0 >"$KSM/sleep_millisecs"
+                echo 1 >"$KSM/merge_across_nodes" 2>/dev/null || true
+                echo 0 >"$KSM/use_zero_pages" 2>/dev/null || true
         fi
-}
-
-# ksm_settings PAGES_TO_SCAN SLEEP_MS
-ksm_settings() {
-        echo "$1" >"$KSM/pages_to_scan"
-        echo "$2" >"$KSM/sleep_millisecs"
-        echo 1 >"$KSM/merge_across_nodes" 2>/dev/null || true
-        echo 0 >"$KSM/use_zero_pages" 2>/dev/null || true
 }
 
 # run_engine ENGINE: start merging now.
