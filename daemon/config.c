@@ -38,6 +38,7 @@ struct Config {
         char *allow_group;
         unsigned allow_group_line;
         char *socket;
+        char *domain_dir;
         MergeRule *rules;
         size_t n_rules;
 };
@@ -118,6 +119,13 @@ static int parse_registration(Parser *p, const char *key, const char *value) {
                         return 0;
                 }
                 return set_string(p, &p->c->socket, key, value);
+        }
+        if (strcmp(key, "DomainDirectory") == 0) {
+                if (value[0] != '/') {
+                        bad(p, "DomainDirectory= needs an absolute path, not '%s'", value);
+                        return 0;
+                }
+                return set_string(p, &p->c->domain_dir, key, value);
         }
         bad(p, "unknown key '%s' in [Registration]", key);
         return 0;
@@ -282,6 +290,7 @@ Config *config_free(Config *c) {
         free(c->rules);
         free(c->allow_group);
         free(c->socket);
+        free(c->domain_dir);
         free(c->path);
         free(c);
         return NULL;
@@ -311,6 +320,14 @@ int config_apply(const Config *c, Manager *m) {
 
 const char *config_socket(const Config *c) {
         return c->socket;
+}
+
+const char *config_domain_dir(const Config *c) {
+        return c && c->domain_dir ? c->domain_dir : DEDUP_DOMAIN_DIR;
+}
+
+bool config_has_rules(const Config *c) {
+        return c && c->n_rules > 0;
 }
 
 uint16_t config_merge_group(const Config *c, const char *name, const char *uuid) {

@@ -27,6 +27,11 @@ static inline void config_freep(Config **c) {
 int config_apply(const Config *c, Manager *m);
 /* [Registration] Socket=, or NULL. */
 const char *config_socket(const Config *c);
+/* [Registration] DomainDirectory=: where the libvirt hook writes one
+ * UUID.conf with a [MergeGroup] per running domain. */
+#define DEDUP_DOMAIN_DIR "/run/dedupd/domains"
+const char *config_domain_dir(const Config *c);
+bool config_has_rules(const Config *c);
 /* The group of a VM by the first [MergeGroup] matching its name (a glob)
  * or uuid; 0 if none does. */
 uint16_t config_merge_group(const Config *c, const char *name, const char *uuid);

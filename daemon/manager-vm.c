@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/time.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +134,29 @@ static bool name_taken(Manager *m, const char *name) {
         return false;
 }
 
+/* The VM's merge group: the domain file the libvirt hook wrote for its
+ * uuid (DomainDirectory=/UUID.conf) wins over dedupd.conf's rules. A
+ * domain file that cannot be read or parsed is an error, not group 0: the
+ * group is a trust boundary. */
+static int vm_find_group(Manager *m, const Vm *vm, uint16_t *ret) {
+        _cleanup_(config_freep) Config *domain = NULL;
+        char path[PATH_MAX];
+        int r;
+
+        if (vm->uuid[0]) {
+                snprintf(path, sizeof(path), "%s/%s.conf", config_domain_dir(m->config), vm->uuid);
+                r = config_load(path, false, &domain);
+                if (r < 0)
+                        return r;
+                if (config_has_rules(domain)) {
+                        *ret = config_merge_group(domain, vm->name, vm->uuid);
+                        return 0;
+                }
+        }
+        *ret = config_merge_group(m->config, vm->name, vm->uuid);
+        return 0;
+}
+
 static void vm_handle_hello(Vm *vm, const struct dedup_msg_hello *h) {
         Manager *m = vm->manager;
         struct dedup_msg_welcome w = {};
@@ -147,7 +171,9 @@ static void vm_handle_hello(Vm *vm, const struct dedup_msg_hello *h) {
                 return vm_disconnect(vm, EEXIST, "a VM of that name is already registered");
         memcpy(vm->name, h->name, sizeof(vm->name));
         memcpy(vm->uuid, h->uuid, sizeof(vm->uuid));
-        vm->group = config_merge_group(m->config, vm->name, vm->uuid);
+        r = vm_find_group(m, vm, &vm->group);
+        if (r < 0)
+                return vm_disconnect(vm, r, "its domain file in DomainDirectory= is invalid");
         r = dedup_engine_add_vm(m->engine, vm->group, &vm->engine_vm);
         if (r < 0)
                 return vm_disconnect(vm, r, "cannot register the VM");

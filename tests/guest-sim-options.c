@@ -25,6 +25,7 @@ static void help(void) {
                "\n"
                "Guest RAM:\n"
                "  --name=NAME               VM name, 1..63 of [A-Za-z0-9_.:-] (default sim-PID)\n"
+               "  --uuid=UUID               VM uuid sent in HELLO (default none)\n"
                "  --size=MIB                guest RAM in MiB (default 256)\n"
                "  --backend=memfd|anon-ksm  memfd: memfd_create + MAP_SHARED, registered with\n"
                "                            dedupd; anon-ksm: anonymous MAP_PRIVATE memory with\n"
@@ -170,6 +171,7 @@ static bool name_valid(const char *n) {
 
 enum {
         ARG_NAME = 0x100,
+        ARG_UUID,
         ARG_SIZE,
         ARG_BACKEND,
         ARG_SOCKET,
@@ -200,6 +202,7 @@ int sim_options_parse(struct sim_options *o, struct sim_layout *l, int argc, cha
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "name", required_argument, NULL, ARG_NAME },
+                { "uuid", required_argument, NULL, ARG_UUID },
                 { "size", required_argument, NULL, ARG_SIZE },
                 { "backend", required_argument, NULL, ARG_BACKEND },
                 { "socket", required_argument, NULL, ARG_SOCKET },
@@ -246,6 +249,9 @@ int sim_options_parse(struct sim_options *o, struct sim_layout *l, int argc, cha
                                 return usage_error("invalid value '%s' for --name: expected 1..63 characters of [A-Za-z0-9_.:-]",
                                                    optarg);
                         snprintf(o->name, sizeof(o->name), "%s", optarg);
+                        break;
+                case ARG_UUID:
+                        o->uuid = optarg; /* libdedup checks it */
                         break;
                 case ARG_SIZE:
                         r = parse_u64("size", optarg, 1, UINT64_C(1) << 20, &o->size_mib);

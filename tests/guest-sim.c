@@ -276,7 +276,7 @@ static int sim_register(struct sim *s) {
         if (!path || !*path)
                 path = DEDUP_DEFAULT_SOCKET;
 
-        r = dedup_client_new(s->opt.socket_path, s->opt.name, NULL, &c);
+        r = dedup_client_new(s->opt.socket_path, s->opt.name, s->opt.uuid, &c);
         if (r < 0) {
                 fprintf(stderr, "guest-sim: dedup_client_new: %s\n", strerror(-r));
                 return r;

@@ -142,6 +142,7 @@ enum sim_backend {
 
 struct sim_options {
         char name[64];
+        const char *uuid;               /* NULL: none */
         const char *socket_path;        /* NULL: library default */
         enum sim_backend backend;
         uint64_t size_mib;

@@ -42,28 +42,47 @@ rc=0
 [ $rc = 1 ] && [ ! -e "$T/bad.sock" ] || fail "dedupd started (exit $rc) with a bad config"
 "$DEDUPD" --bus=none --config="$T/missing.conf" >/dev/null 2>&1 && fail "dedupd started without its --config file"
 
-# Values apply, options override; merge groups by name.
+# Values apply, options override; merge groups by name, and by a domain
+# file (as the libvirt hook writes) that wins over dedupd.conf's rules.
+UUID_ISOD=4f0e2a36-1c1e-4b7e-9d35-0a6f3c1d2e01 UUID_E=4f0e2a36-1c1e-4b7e-9d35-0a6f3c1d2e02
+mkdir "$T/domains"
+printf '[MergeGroup]\nGroup=2\nUuid=%s\n' $UUID_ISOD >"$T/domains/$UUID_ISOD.conf"
+printf '[MergeGroup]\nGroup=two\nUuid=%s\n' $UUID_E >"$T/domains/$UUID_E.conf"
 cat >"$T/dedupd.conf" <<CONF
 [Manager]
 PagesToScan=4096
 SleepMillisecs=50
+[Registration]
+DomainDirectory=$T/domains
 [MergeGroup]
 Group=1
 Name=iso*
 CONF
 start_dedupd --config="$T/dedupd.conf" --sleep-millisecs=5
 grep -q "pages_to_scan=4096 sleep_millisecs=5 " "$T/dedupd.log" || fail "config or override not applied: $(grep listening "$T/dedupd.log")"
+start_sim isod --uuid=$UUID_ISOD --size=32 --image-seed=9 --seed=5 --writers=1
 for g in iso b c; do
         start_sim $g --size=32 --image-seed=9 --seed=$(printf %d "'$g") --writers=1
 done
 wait_for 30 "[ \$(stat $T/status vm.c.merging_pages) -gt 1000 ]" || fail "b and c did not merge"
 sleep 1
-[ "$(stat $T/status vm.iso.group)" = 1 ] && [ "$(stat $T/status vm.b.group)" = 0 ] || fail "groups: $(grep group $T/status)"
-echo "same image: iso (group 1) merges $(stat $T/status vm.iso.merging_pages) pages, b $(stat $T/status vm.b.merging_pages), c $(stat $T/status vm.c.merging_pages)"
-# iso merges only duplicates within itself, from its own group's pool.
-[ "$(stat $T/status vm.iso.merging_pages)" -lt $(( $(stat $T/status vm.b.merging_pages) / 4 )) ] ||
-        fail "iso merges as much as b: shares across merge groups?"
+[ "$(stat $T/status vm.iso.group)" = 1 ] && [ "$(stat $T/status vm.b.group)" = 0 ] &&
+        [ "$(stat $T/status vm.isod.group)" = 2 ] || fail "groups: $(grep group $T/status)"
+echo "same image: iso (group 1) merges $(stat $T/status vm.iso.merging_pages) pages, isod (group 2)" \
+     "$(stat $T/status vm.isod.merging_pages), b $(stat $T/status vm.b.merging_pages), c $(stat $T/status vm.c.merging_pages)"
+# iso and isod merge only duplicates within themselves, from their own
+# group's pool.
+for g in iso isod; do
+        [ "$(stat $T/status vm.$g.merging_pages)" -lt $(( $(stat $T/status vm.b.merging_pages) / 4 )) ] ||
+                fail "$g merges as much as b: shares across merge groups?"
+done
 grep -q dedupd-pool-g0 "/proc/$SIM_PID_iso/maps" && fail "iso maps group 0's pool"
 grep -q dedupd-pool-g1 "/proc/$SIM_PID_b/maps" && fail "b maps group 1's pool"
-for g in iso b c; do stop_sim $g; done
+grep -q dedupd-pool-g1 "/proc/$SIM_PID_isod/maps" && fail "isod maps group 1's pool"
+# A domain file that does not parse keeps its VM out, with the reason.
+"$SIM" --name=e --uuid=$UUID_E --socket="$T/vmm.sock" --size=8 >"$T/e.log" 2>&1 && fail "VM e with a bad domain file ran"
+grep -q "dedup_client_start.*Invalid argument" "$T/e.log" || fail "VM e was not told: $(cat "$T/e.log")"
+grep -q "VM 'e'.*domain file in DomainDirectory= is invalid" "$T/dedupd.log" || fail "VM e refused without the reason"
+grep -q "$UUID_E.conf:2: Invalid value 'two' for Group" "$T/dedupd.log" || fail "the bad domain file's error is not logged"
+for g in iso isod b c; do stop_sim $g; done
 echo "PASS"
