@@ -49,6 +49,8 @@ enum {
 #define ZERO_NODE ((UINT32_C(1) << 29) - 1)
 #define MAX_NODES ZERO_NODE
 #define NODE_NONE UINT32_MAX
+/* stable_insert(): match not known yet, look it up (not NODE_NONE!). */
+#define NODE_LOOKUP (UINT32_MAX - 1)
 #define LOC_NONE (UINT64_MAX - 1)
 
 typedef struct PageSlot {
@@ -133,6 +135,7 @@ struct DedupEngine {
         bool merge_across_nodes;
         bool use_zero_pages;
         bool smart_scan;
+        bool merge_verifies;            /* dedup_engine_set_merge_verifies() */
 
         /* regions sorted by first page id */
         Region *regions;

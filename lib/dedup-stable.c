@@ -164,9 +164,13 @@ void stable_prune_all(DedupEngine *e) {
                         chain_prune(e, i);
 }
 
+/* Called once the 64-bit hashes are equal. */
 static int canon_equal(DedupEngine *e, uint64_t loc, const void *data) {
-        int r = e->ops.canon_read(e->userdata, loc, e->buf);
+        int r;
 
+        if (e->merge_verifies)
+                return 1;
+        r = e->ops.canon_read(e->userdata, loc, e->buf);
         if (r < 0)
                 return r;
         return memcmp(e->buf, data, DEDUP_PAGE_SIZE) == 0;
@@ -269,7 +273,7 @@ again:
 /*
  * Put canonical page idx (plain, not in any tree) into tree t. match is the
  * plain node or chain of t with the same content, NODE_NONE if there is
- * none, or TABLE_EMPTY to have it looked up (migration).
+ * none, or NODE_LOOKUP to have it looked up (migration).
  */
 int stable_insert(DedupEngine *e, Tree *t, uint32_t idx, uint32_t match) {
         StableNode *n = &e->nodes[idx];
@@ -277,7 +281,7 @@ int stable_insert(DedupEngine *e, Tree *t, uint32_t idx, uint32_t match) {
 
         n->group = t->group;
         n->nid = t->nid;
-        if (match == TABLE_EMPTY) {
+        if (match == NODE_LOOKUP) {
                 uint32_t target;
 
                 r = e->ops.canon_read(e->userdata, n->loc, e->buf2);
@@ -312,7 +316,7 @@ static int migrate(DedupEngine *e, uint32_t idx, int nid) {
         if (!to)
                 return -ENOMEM;
         e->nodes[idx].kind = NODE_PLAIN;
-        return stable_insert(e, to, idx, TABLE_EMPTY);
+        return stable_insert(e, to, idx, NODE_LOOKUP);
 }
 
 int stable_migrate_all(DedupEngine *e) {
