@@ -37,8 +37,12 @@ int manager_new(Manager **ret) {
         r = sd_event_default(&m->event);
         if (r >= 0)
                 r = dedup_engine_new(&manager_engine_ops, m, &m->engine);
-        if (r >= 0)
+        if (r >= 0) {
+                /* flush_run() compares every page with its canonical page
+                 * under protection: lookups need not read either. */
+                dedup_engine_set_merge_verifies(m->engine, true);
                 r = scanner_new(4, 256, &m->scanner);
+        }
         if (r >= 0)
                 r = vma_budget_read_max_map_count(NULL, &m->max_map_count);
         if (r < 0) {

@@ -128,6 +128,10 @@ bool dedup_engine_get_smart_scan(const DedupEngine *e) {
         return e->smart_scan;
 }
 
+void dedup_engine_set_merge_verifies(DedupEngine *e, bool b) {
+        e->merge_verifies = b;
+}
+
 void dedup_engine_set_chain_prune_ms(DedupEngine *e, unsigned ms) {
         e->chain_prune_ms = ms;
 }

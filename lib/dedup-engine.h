@@ -129,6 +129,12 @@ void dedup_engine_set_smart_scan(DedupEngine *e, bool b);
 bool dedup_engine_get_smart_scan(const DedupEngine *e);
 void dedup_engine_set_chain_prune_ms(DedupEngine *e, unsigned ms);
 unsigned dedup_engine_get_chain_prune_ms(const DedupEngine *e);
+/* The merge op compares the page with the canonical page itself, under
+ * protection (dedupd does: DESIGN.md §2 step 2), and fails on a
+ * difference. Then lookups trust equal 64-bit hashes instead of reading
+ * the canonical page or the unstable twin: a collision or a twin that
+ * changed costs a failed merge, never wrong content. Off by default. */
+void dedup_engine_set_merge_verifies(DedupEngine *e, bool b);
 
 /* VMs and regions. A VM's group decides what it may share with; groups
  * never share pages. Returns ids >= 0 or -errno. */

@@ -200,6 +200,10 @@ static int unstable_search(DedupEngine *e, Tree *t, dedup_page_t page, uint32_t 
                     (o->w0 & SLOT_PARITY) != e->parity || o->w1 != csum ||
                     e->vms[reg->vm].group != t->group)
                         continue;
+                if (e->merge_verifies) {
+                        *ret = other;
+                        return 0;
+                }
                 r = e->ops.page_read(e->userdata, other, e->buf);
                 if (r < 0) {
                         if (r == -ENOMEM)

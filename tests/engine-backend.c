@@ -55,6 +55,7 @@ static int be_canon_read(void *ud, uint64_t loc, void *buf) {
 
         if (loc >= b->ncanon || b->canon_cid[loc] == UINT64_MAX)
                 return -ENOENT;
+        b->ops_read++;
         content_fill(b->canon_cid[loc], buf);
         return 0;
 }

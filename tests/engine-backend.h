@@ -31,7 +31,7 @@ typedef struct Backend {
         bool async;                     /* merges/unmerges return DEDUP_PENDING */
         bool force_hash;                /* every page hashes to 42 */
         uint64_t now;
-        uint64_t ops_merge, ops_unmerge, ops_read;
+        uint64_t ops_merge, ops_unmerge, ops_read;  /* ops_read: page and canonical reads */
         uint64_t bad_merges;            /* merges that would have changed content */
 } Backend;
 

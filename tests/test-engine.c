@@ -154,6 +154,36 @@ START_TEST(test_hash_collisions_never_merge) {
 }
 END_TEST
 
+/* dedupd's merge op compares under protection, so lookups may trust the
+ * hash: equal pages merge without a single read, and even when every page
+ * hashes alike no page ever shows wrong content; collisions only fail. */
+START_TEST(test_merge_verifies_trusts_hash) {
+        setup_vms(3, 32, NULL);
+        dedup_engine_set_merge_verifies(B.e, true);
+        for (uint32_t p = 0; p < 32; p++)
+                B.cid[p] = B.cid[32 + p] = B.cid[64 + p] = 300 + p;
+        scan_all(2);
+        ck_assert_uint_eq(S.pages_shared, 32);
+        ck_assert_uint_eq(S.pages_sharing, 64);
+        ck_assert_uint_eq(B.ops_read, 0);
+        backend_done(&B);
+
+        setup_vms(2, 32, NULL);
+        dedup_engine_set_merge_verifies(B.e, true);
+        B.force_hash = true;
+        for (uint32_t p = 0; p < 32; p++) {
+                B.cid[p] = 500 + p;
+                B.cid[32 + p] = 500 + (p % 4 == 0 ? p : 1000 + p);
+        }
+        scan_all(3);
+        ck_assert_uint_eq(B.ops_read, 0);
+        ck_assert_uint_gt(B.ops_merge, S.pages_sharing);        /* collisions failed */
+        ck_assert_uint_le(S.pages_sharing, 8);
+        for (uint32_t p = 0; p < 64; p++)
+                ck_assert_uint_eq(backend_visible(&B, p), B.cid[p] ? B.cid[p] : 0);
+}
+END_TEST
+
 START_TEST(test_volatility_filter) {
         setup_vms(2, 8, NULL);
         dedup_engine_set_smart_scan(B.e, false);
@@ -490,6 +520,7 @@ int main(void) {
                 { "merge_two_vms", test_merge_two_vms, 10 },
                 { "stable_hit_first_sight", test_stable_hit_first_sight, 10 },
                 { "hash_collisions_never_merge", test_hash_collisions_never_merge, 10 },
+                { "merge_verifies_trusts_hash", test_merge_verifies_trusts_hash, 10 },
                 { "volatility_filter", test_volatility_filter, 10 },
                 { "zero_pages", test_zero_pages, 10 },
                 { "groups_isolated", test_groups_isolated, 10 },
