@@ -27,7 +27,7 @@
  *             write-protected by us, memfd offset punched. The memfd does
  *             not hold the data: only the mapping does. A write faults and
  *             we copy the page back into the memfd before the guest's write
- *             proceeds (cow_break()).
+ *             proceeds (rehome()).
  *   detached  MAP_PRIVATE but *not* protected: a fallback when we could not
  *             map the memfd back (VMA limit, memory). The data is correct in
  *             the private mapping; the memfd copy is stale, so such pages are
@@ -43,6 +43,11 @@
  *     fails validation, the agent unprotects and unregisters all regions,
  *     closes the socket and from then on only answers stray faults with a
  *     wake. Merged pages stay mapped; later writes are ordinary private COW.
+ *   - Reconnect: unless the daemon sent ERROR or garbage, the agent then
+ *     tries the socket again (250 ms, doubling to 5 s). Once a daemon
+ *     answers HELLO, pages still merged or detached are copied back into
+ *     the memfd under protection (rehome_all()) before the regions are
+ *     sent, so the new daemon scans what the guest sees and merges afresh.
  *   - The library prints nothing and never exits; errors are returned.
  */
 
@@ -94,6 +99,8 @@
 #define OUT_QUEUE_MAX 4096
 #define PENDING_MAX (2 * DEDUP_PROTO_MAX_ENTRIES)
 #define SOCKET_MSGS_PER_WAKEUP 64
+#define RECONNECT_MIN_MS 250
+#define RECONNECT_MAX_MS 5000
 
 typedef struct Region {
         uint32_t id;                    /* index in c->regions, sent in REGION */
@@ -151,6 +158,9 @@ struct dedup_client {
         bool started;                   /* dedup_client_start() succeeded */
         bool connected;                 /* socket up, regions registered: not fail-safe */
         bool stopping;
+        bool retry;                     /* fail-safe, but try the daemon again at retry_at */
+        uint64_t retry_at;              /* CLOCK_MONOTONIC ms */
+        unsigned retry_ms;              /* current backoff */
 
         uint32_t vm_id;
         uint32_t seq;                   /* last seq we originated */
@@ -507,7 +517,7 @@ static int pending_add(dedup_client *c, uint16_t type, Region *r, uint64_t first
         return 0;
 }
 
-static void failsafe(dedup_client *c);
+static void failsafe(dedup_client *c, bool retry);
 
 /* Send what is queued without blocking; the rest waits for POLLOUT. */
 static void out_flush(dedup_client *c) {
@@ -533,7 +543,7 @@ static void out_flush(dedup_client *c) {
         }
         return;
 fail:
-        failsafe(c);
+        failsafe(c, true);
 }
 
 static void kick(dedup_client *c) {
@@ -544,16 +554,27 @@ static void kick(dedup_client *c) {
 
 /* ---- fail-safe ---- */
 
+static uint64_t now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
 /* The daemon is gone or misbehaved: make every guest write succeed from now
  * on without us, and forget the daemon. Merged pages stay mapped (private
  * mappings: later writes are plain kernel copy-on-write). Unregistering
  * also clears any protection left (6.2+) and wakes every waiting thread;
- * the explicit unprotect first is for kernels that do not. */
-static void failsafe(dedup_client *c) {
+ * the explicit unprotect first is for kernels that do not. retry: the
+ * daemon died or stopped rather than refused us; try it again later. */
+static void failsafe(dedup_client *c, bool retry) {
         if (!c->connected)
                 return;
         c->connected = false;
         c->stats.connected = 0;
+        c->retry = retry && !c->stopping;
+        c->retry_ms = RECONNECT_MIN_MS;
+        c->retry_at = now_ms() + c->retry_ms;
 
         for (size_t i = 0; i < c->n_regions; i++) {
                 Region *r = c->regions[i];
@@ -571,15 +592,21 @@ static void failsafe(dedup_client *c) {
 /* ---- copy-on-write break ---- */
 
 /* Pages [first, +n) are merged and write-protected (so nobody else changes
- * them): copy what the guest sees into the memfd, map the memfd back, wake
- * writers. Falls back to detaching when the memfd cannot take the data or
- * the mapping cannot be made. Returns 0 if re-homed into the memfd. */
-static int cow_break(dedup_client *c, Region *r, uint64_t first, uint64_t n) {
+ * them): copy what the guest sees into the memfd (or, if zero, punch it),
+ * map the memfd back, wake writers. Falls back to detaching when the memfd
+ * cannot take the data or the mapping cannot be made. Returns 0 if
+ * re-homed into the memfd. */
+static int rehome(dedup_client *c, Region *r, uint64_t first, uint64_t n, bool zero) {
         uint8_t *a = r->hva + first * PAGE;
         size_t len = n * PAGE;
+        uint64_t off = r->memfd_offset + first * PAGE;
         int q;
 
-        q = pwrite_full(r->memfd, a, len, r->memfd_offset + first * PAGE);
+        if (zero)
+                q = fallocate(r->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t) off, (off_t) len) < 0
+                            ? -errno : 0;
+        else
+                q = pwrite_full(r->memfd, a, len, off);
         if (q >= 0)
                 q = region_map_shared(c, r, first, n);
         if (q < 0) {
@@ -608,7 +635,7 @@ static void handle_fault(dedup_client *c, const struct uffd_msg *m) {
 
         uint64_t idx = (addr - (uintptr_t) r->hva) / PAGE;
         if (bit_test(r->merged, idx)) {
-                (void) cow_break(c, r, idx, 1);
+                (void) rehome(c, r, idx, 1, false);
                 c->stats.cow_breaks++;
                 (void) pending_add(c, DEDUP_MSG_UNMERGED, r, idx, 1);
         } else {
@@ -877,7 +904,7 @@ static int handle_unmerge(dedup_client *c, const struct dedup_msg_ranges *m) {
                         uint64_t e = s;
                         while (e < end && bit_test(r->merged, e))
                                 e++;
-                        (void) cow_break(c, r, s, e - s);
+                        (void) rehome(c, r, s, e - s, false);
                         s = e;
                 }
         }
@@ -932,13 +959,13 @@ static void handle_socket(dedup_client *c) {
                 if (n == -EAGAIN)
                         return;
                 if (n <= 0) {
-                        failsafe(c); /* EOF or a broken connection */
+                        failsafe(c, true); /* EOF or a broken connection */
                         return;
                 }
                 if (dedup_proto_validate(c->rx, (size_t) n, nfds, NULL) < 0) {
                         for (size_t i = 0; i < nfds; i++)
                                 safe_close(fds[i]);
-                        failsafe(c);
+                        failsafe(c, false);
                         return;
                 }
 
@@ -954,19 +981,187 @@ static void handle_socket(dedup_client *c) {
                         q = handle_unmerge(c, c->rx);
                         break;
                 default:
-                        /* BYE, ERROR, or a message for the other direction. */
+                        /* BYE (the daemon stops: come back later), ERROR or
+                         * a message for the other direction. */
                         for (size_t i = 0; i < nfds; i++)
                                 safe_close(fds[i]);
-                        q = -ECONNRESET;
+                        q = hdr->type == DEDUP_MSG_BYE ? -ECONNRESET : -EPROTO;
                         break;
                 }
                 if (q < 0) {
-                        failsafe(c);
+                        failsafe(c, q == -ECONNRESET);
                         return;
                 }
                 /* Faults first: a REMAP batch may have kept writers waiting. */
                 handle_uffd(c);
         }
+}
+
+/* ---- connection ---- */
+
+static int region_send(dedup_client *c, Region *r, bool queue) {
+        struct dedup_msg_region m = {
+                .region_id = r->id,
+                .gpa = r->gpa,
+                .size = r->size,
+                .memfd_offset = r->memfd_offset,
+                .hva = (uintptr_t) r->hva,
+        };
+        int fds[2] = { r->memfd, c->uffd };
+
+        dedup_proto_init_header(&m.hdr, DEDUP_MSG_REGION, sizeof m, ++c->seq);
+        return queue ? out_queue(c, &m, fds, 2) : dedup_proto_send(c->sock, &m, fds, 2);
+}
+
+static int connect_socket(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        socklen_t salen;
+        int fd;
+
+        /* "@name" means an abstract socket. */
+        strncpy(sa.sun_path, path, sizeof sa.sun_path - 1);
+        salen = offsetof(struct sockaddr_un, sun_path) + strlen(path) + (path[0] == '@' ? 0 : 1);
+        if (path[0] == '@')
+                sa.sun_path[0] = 0;
+
+        fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (struct sockaddr *) &sa, salen) < 0) {
+                int r = -errno;
+                safe_close(fd);
+                return r;
+        }
+        return fd;
+}
+
+static int handshake(dedup_client *c) {
+        struct dedup_msg_hello hello = { .pid = (uint32_t) getpid() };
+        uint32_t hello_seq = ++c->seq;
+        struct pollfd pfd = { .fd = c->sock, .events = POLLIN };
+        int fds[DEDUP_PROTO_MAX_FDS];
+        size_t nfds;
+        ssize_t n;
+        int q;
+
+        dedup_proto_init_header(&hello.hdr, DEDUP_MSG_HELLO, sizeof hello, hello_seq);
+        memcpy(hello.name, c->name, sizeof hello.name);
+        memcpy(hello.uuid, c->uuid, sizeof hello.uuid);
+        q = dedup_proto_send(c->sock, &hello, NULL, 0);
+        if (q < 0)
+                return q;
+
+        do
+                q = poll(&pfd, 1, HANDSHAKE_TIMEOUT_MS);
+        while (q < 0 && errno == EINTR);
+        if (q < 0)
+                return -errno;
+        if (q == 0)
+                return -ETIMEDOUT;
+
+        n = dedup_proto_recv(c->sock, c->rx, DEDUP_PROTO_MAX_MSG, fds, DEDUP_PROTO_MAX_FDS, &nfds);
+        if (n == 0)
+                return -ECONNRESET;
+        if (n < 0)
+                return (int) n;
+        q = dedup_proto_validate(c->rx, (size_t) n, nfds, NULL);
+        if (q < 0) {
+                for (size_t i = 0; i < nfds; i++)
+                        safe_close(fds[i]);
+                return -EPROTO;
+        }
+
+        const struct dedup_msg_header *hdr = c->rx;
+        if (hdr->type == DEDUP_MSG_ERROR)
+                return -((const struct dedup_msg_error *) c->rx)->error;
+        if (hdr->type != DEDUP_MSG_WELCOME) {
+                for (size_t i = 0; i < nfds; i++)
+                        safe_close(fds[i]);
+                return -EPROTO;
+        }
+        c->vm_id = ((const struct dedup_msg_welcome *) c->rx)->vm_id;
+        return 0;
+}
+
+static void unregister_all(dedup_client *c) {
+        for (size_t i = 0; i < c->n_regions; i++)
+                if (c->regions[i]->registered) {
+                        (void) uffd_unregister(c->uffd, c->regions[i]->hva, c->regions[i]->size);
+                        c->regions[i]->registered = false;
+                }
+}
+
+/* ---- reconnect ---- */
+
+static bool page_private(const Region *r, uint64_t i) {
+        return bit_test(r->merged, i) || bit_test(r->detached, i);
+}
+
+/* Register r again and put every page that lives only in a private mapping
+ * (merged, or detached) back into the memfd: protect the run, copy or
+ * punch it, map the memfd. Zero pages are punched rather than written so
+ * that a reconnect does not allocate what the zero overlays saved. */
+static int rehome_region(dedup_client *c, Region *r) {
+        int q = uffd_register(c->uffd, r->hva, r->size);
+
+        if (q < 0)
+                return q;
+        r->registered = true;
+        for (uint64_t i = 0, n; i < r->npages; i += n) {
+                for (n = 0; i + n < r->npages && page_private(r, i + n); n++)
+                        ;
+                if (n == 0) {
+                        n = 1;
+                        continue;
+                }
+                q = uffd_protect(c->uffd, r->hva + i * PAGE, n * PAGE, true);
+                if (q < 0)
+                        return q;
+                /* rehome() accounts them as merged pages leaving. */
+                stats_merged(c, (int64_t) bits_set(r->merged, i, n));
+                bits_clear(r->detached, i, n);
+                for (uint64_t s = i, e; s < i + n; s = e) {
+                        bool zero = is_zero(r->hva + s * PAGE, PAGE);
+                        for (e = s + 1; e < i + n && is_zero(r->hva + e * PAGE, PAGE) == zero; e++)
+                                ;
+                        (void) rehome(c, r, s, e - s, zero);
+                }
+        }
+        return 0;
+}
+
+/* Try the daemon again after a fail-safe: HELLO, re-home, REGIONs. On
+ * failure, back off and leave everything as the fail-safe left it. */
+static void reconnect(dedup_client *c) {
+        int q;
+
+        c->sock = connect_socket(c->socket_path);
+        q = c->sock;
+        if (q >= 0) {
+                c->seq = 0;
+                q = handshake(c);
+        }
+        for (size_t i = 0; q >= 0 && i < c->n_regions; i++)
+                q = rehome_region(c, c->regions[i]);
+        for (size_t i = 0; q >= 0 && i < c->n_regions; i++)
+                q = region_send(c, c->regions[i], false);
+        if (q >= 0 && fcntl(c->sock, F_SETFL, O_NONBLOCK) < 0)
+                q = -errno;
+        if (q < 0) {
+                unregister_all(c);
+                c->sock = safe_close(c->sock);
+                c->retry_ms = MIN(c->retry_ms * 2, RECONNECT_MAX_MS);
+                c->retry_at = now_ms() + c->retry_ms;
+                return;
+        }
+        /* The old daemon's pools: nothing maps them from here any more. */
+        for (size_t i = 0; i < c->n_pools; i++)
+                safe_close(c->pools[i].fd);
+        c->n_pools = 0;
+        c->retry = false;
+        c->connected = true;
+        c->stats.connected = 1;
+        c->stats.reconnects++;
 }
 
 static void *agent_main(void *userdata) {
@@ -981,9 +1176,14 @@ static void *agent_main(void *userdata) {
                         { .fd = c->uffd, .events = POLLIN },
                         { .fd = c->connected ? c->sock : -1, .events = POLLIN | (c->out_head ? POLLOUT : 0) },
                 };
+                int timeout = -1;
+                if (c->retry) {
+                        uint64_t now = now_ms();
+                        timeout = c->retry_at > now ? (int) (c->retry_at - now) : 0;
+                }
                 pthread_mutex_unlock(&c->lock);
 
-                int n = poll(pfd, ELEMENTSOF(pfd), -1);
+                int n = poll(pfd, ELEMENTSOF(pfd), timeout);
 
                 pthread_mutex_lock(&c->lock);
                 if (n < 0)
@@ -1001,7 +1201,9 @@ static void *agent_main(void *userdata) {
                         handle_socket(c);
                 out_flush(c);
                 if (c->connected && c->n_out >= OUT_QUEUE_MAX)
-                        failsafe(c);
+                        failsafe(c, true);
+                if (c->retry && now_ms() >= c->retry_at)
+                        reconnect(c);
         }
         pthread_mutex_unlock(&c->lock);
         return NULL;
@@ -1047,20 +1249,6 @@ int dedup_client_new(const char *socket_path, const char *name, const char *uuid
                 strcpy(c->uuid, uuid);
         *ret = c;
         return 0;
-}
-
-static int region_send(dedup_client *c, Region *r, bool queue) {
-        struct dedup_msg_region m = {
-                .region_id = r->id,
-                .gpa = r->gpa,
-                .size = r->size,
-                .memfd_offset = r->memfd_offset,
-                .hva = (uintptr_t) r->hva,
-        };
-        int fds[2] = { r->memfd, c->uffd };
-
-        dedup_proto_init_header(&m.hdr, DEDUP_MSG_REGION, sizeof m, ++c->seq);
-        return queue ? out_queue(c, &m, fds, 2) : dedup_proto_send(c->sock, &m, fds, 2);
 }
 
 int dedup_client_export_region(dedup_client *c, int memfd, uint64_t memfd_offset, uint64_t size, void *hva,
@@ -1148,84 +1336,6 @@ out:
         pthread_mutex_unlock(&c->lock);
         region_free(r);
         return q;
-}
-
-static int connect_socket(const char *path) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        socklen_t salen;
-        int fd;
-
-        /* "@name" means an abstract socket. */
-        strncpy(sa.sun_path, path, sizeof sa.sun_path - 1);
-        salen = offsetof(struct sockaddr_un, sun_path) + strlen(path) + (path[0] == '@' ? 0 : 1);
-        if (path[0] == '@')
-                sa.sun_path[0] = 0;
-
-        fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return -errno;
-        if (connect(fd, (struct sockaddr *) &sa, salen) < 0) {
-                int r = -errno;
-                safe_close(fd);
-                return r;
-        }
-        return fd;
-}
-
-static int handshake(dedup_client *c) {
-        struct dedup_msg_hello hello = { .pid = (uint32_t) getpid() };
-        uint32_t hello_seq = ++c->seq;
-        struct pollfd pfd = { .fd = c->sock, .events = POLLIN };
-        int fds[DEDUP_PROTO_MAX_FDS];
-        size_t nfds;
-        ssize_t n;
-        int q;
-
-        dedup_proto_init_header(&hello.hdr, DEDUP_MSG_HELLO, sizeof hello, hello_seq);
-        memcpy(hello.name, c->name, sizeof hello.name);
-        memcpy(hello.uuid, c->uuid, sizeof hello.uuid);
-        q = dedup_proto_send(c->sock, &hello, NULL, 0);
-        if (q < 0)
-                return q;
-
-        do
-                q = poll(&pfd, 1, HANDSHAKE_TIMEOUT_MS);
-        while (q < 0 && errno == EINTR);
-        if (q < 0)
-                return -errno;
-        if (q == 0)
-                return -ETIMEDOUT;
-
-        n = dedup_proto_recv(c->sock, c->rx, DEDUP_PROTO_MAX_MSG, fds, DEDUP_PROTO_MAX_FDS, &nfds);
-        if (n == 0)
-                return -ECONNRESET;
-        if (n < 0)
-                return (int) n;
-        q = dedup_proto_validate(c->rx, (size_t) n, nfds, NULL);
-        if (q < 0) {
-                for (size_t i = 0; i < nfds; i++)
-                        safe_close(fds[i]);
-                return -EPROTO;
-        }
-
-        const struct dedup_msg_header *hdr = c->rx;
-        if (hdr->type == DEDUP_MSG_ERROR)
-                return -((const struct dedup_msg_error *) c->rx)->error;
-        if (hdr->type != DEDUP_MSG_WELCOME) {
-                for (size_t i = 0; i < nfds; i++)
-                        safe_close(fds[i]);
-                return -EPROTO;
-        }
-        c->vm_id = ((const struct dedup_msg_welcome *) c->rx)->vm_id;
-        return 0;
-}
-
-static void unregister_all(dedup_client *c) {
-        for (size_t i = 0; i < c->n_regions; i++)
-                if (c->regions[i]->registered) {
-                        (void) uffd_unregister(c->uffd, c->regions[i]->hva, c->regions[i]->size);
-                        c->regions[i]->registered = false;
-                }
 }
 
 int dedup_client_start(dedup_client *c) {
@@ -1341,7 +1451,8 @@ void dedup_client_free(dedup_client *c) {
                 dedup_proto_init_header(&bye, DEDUP_MSG_BYE, sizeof bye, ++c->seq);
                 (void) dedup_proto_send(c->sock, &bye, NULL, 0);
         }
-        failsafe(c);
+        c->retry = false;
+        failsafe(c, false);
         /* Regions registered after a fail-safe do not exist (export only
          * registers while connected), but be thorough. */
         if (c->uffd >= 0)

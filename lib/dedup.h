@@ -32,6 +32,7 @@ typedef struct dedup_client_stats {
         uint64_t written_faults;        /* writes to transiently protected pages */
         uint64_t merged_pages;          /* pages currently mapped from a pool or overlay */
         int connected;                  /* 1 while the daemon is attached */
+        uint64_t reconnects;            /* times it came back after a fail-safe */
 } dedup_client_stats;
 
 /* name: VM name (1..63 bytes of [A-Za-z0-9_.:-]); uuid: NULL or the

@@ -640,9 +640,9 @@ static void sim_format_stats(struct sim *s, struct strbuf *b) {
                 if (dedup_client_get_stats(s->client, &cs) >= 0)
                         sb_add(b, " dedup_connected=%d dedup_remapped_pages=%" PRIu64 " dedup_aborted_pages=%" PRIu64
                                " dedup_cow_breaks=%" PRIu64 " dedup_written_faults=%" PRIu64
-                               " dedup_merged_pages=%" PRIu64,
+                               " dedup_merged_pages=%" PRIu64 " dedup_reconnects=%" PRIu64,
                                cs.connected ? 1 : 0, cs.remapped_pages, cs.aborted_pages, cs.cow_breaks,
-                               cs.written_faults, cs.merged_pages);
+                               cs.written_faults, cs.merged_pages, cs.reconnects);
                 else
                         sb_add(b, " dedup_connected=0");
         } else

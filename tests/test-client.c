@@ -1010,6 +1010,84 @@ START_TEST(test_daemon_death) {
 }
 END_TEST
 
+/* ---- reconnect after the daemon's death ---- */
+
+/* The fake daemon restarts on the same socket: forget the old connection. */
+static void fake_restart(Fake *f) {
+        fake_close(f);
+        if (f->uffd >= 0)
+                close(f->uffd);
+        f->uffd = -1;
+        for (size_t i = 0; i < f->n_regions; i++)
+                f->memfd[i] = (close(f->memfd[i]), -1);
+        f->n_regions = 0;
+        f->eof = false;
+}
+
+/* A dead daemon's agent comes back to the next daemon by itself: what it
+ * kept merged (and what the guest wrote meanwhile) is back in the memfd
+ * before the REGION arrives, zero pages as holes; an ERROR means refused,
+ * and then it does not come back. */
+START_TEST(test_reconnect) {
+        const unsigned N = 64;
+        uint8_t want[PAGE], got[PAGE];
+        struct pollfd pl;
+        Env e;
+
+        env_start(&e, 2 * N, N, -1);
+        for (unsigned p = 0; p < N; p++)
+                pattern(e.g.hva + p * PAGE, p);
+        memset(e.g.hva + N * PAGE, 0, N * PAGE);
+        ck_assert_uint_eq(fake_merge(&e.f, &e.pool, 0, 0, N, POOL_ID, 0), DEDUP_REMAP_DONE);
+        ck_assert_uint_eq(fake_merge(&e.f, &e.pool, 0, N, N, DEDUP_POOL_ZERO, 0), DEDUP_REMAP_DONE);
+        ck_assert_uint_eq(stats(&e).merged_pages, 2 * N);
+        ck_assert_uint_eq(memfd_blocks(e.g.memfd), 0);
+
+        fake_restart(&e.f);                     /* the daemon dies */
+        while (stats(&e).connected)
+                usleep(1000);
+        e.g.hva[3 * PAGE] = 0x33;               /* plain private COW now */
+        e.g.hva[(N + 5) * PAGE] = 0x55;
+
+        fake_serve_async(&e.f, 1);              /* and comes back */
+        fake_join(&e.f);
+        dedup_client_stats s = stats(&e);
+        ck_assert_int_eq(s.connected, 1);
+        ck_assert_uint_eq(s.reconnects, 1);
+        ck_assert_uint_eq(s.merged_pages, 0);
+        /* Zero pages stayed holes (until read through the mapping, below);
+         * the memfd holds what the guest sees. */
+        ck_assert_uint_eq(memfd_blocks(e.g.memfd), (N + 1) * PAGE / 512);
+        for (unsigned p = 0; p < 2 * N; p++) {
+                if (p < N)
+                        pattern(want, p);
+                else
+                        memset(want, 0, PAGE);
+                want[0] = p == 3 ? 0x33 : p == N + 5 ? 0x55 : want[0];
+                ck_assert_int_eq(pread(e.f.memfd[0], got, PAGE, (off_t) p * PAGE), PAGE);
+                ck_assert_msg(memcmp(got, want, PAGE) == 0 && memcmp(e.g.hva + p * PAGE, want, PAGE) == 0,
+                              "page %u differs after reconnect", p);
+        }
+        /* Registered again: the new daemon can merge as before, with its
+         * own pools (the old ones were forgotten). */
+        ck_assert(vma_has_flag(e.g.hva, "uw"));
+        fake_send_pool(&e.f, POOL_ID, e.pool.ro_fd, N * PAGE);
+        ck_assert_uint_eq(fake_merge(&e.f, &e.pool, 0, 8, 4, POOL_ID, 8), DEDUP_REMAP_DONE);
+
+        /* Refused: no reconnect, however long we wait. */
+        struct dedup_msg_error err = { .error = EPERM };
+        dedup_proto_init_header(&err.hdr, DEDUP_MSG_ERROR, sizeof err, ++e.f.seq);
+        strcpy(err.text, "refused by test");
+        ck_assert_int_eq(dedup_proto_send(e.f.conn, &err, NULL, 0), 0);
+        while (stats(&e).connected)
+                usleep(1000);
+        pl = (struct pollfd) { .fd = e.f.lfd, .events = POLLIN };
+        ck_assert_int_eq(poll(&pl, 1, 1500), 0);
+        ck_assert_uint_eq(stats(&e).reconnects, 1);
+        env_stop(&e);
+}
+END_TEST
+
 /* ---- (g) malformed daemon messages ---- */
 
 enum {
@@ -1596,6 +1674,7 @@ static Suite *client_suite(void) {
                 { "zero-overlay", test_zero_overlay, 30, 0 },
                 { "aborted", test_aborted, 30, 0 },
                 { "daemon-death", test_daemon_death, 30, 0 },
+                { "reconnect", test_reconnect, 30, 0 },
                 { "malformed", test_malformed, 30, _BAD_MAX },
                 { "unmerge", test_unmerge, 30, 0 },
                 { "window-write", test_window_write, 30, 0 },

@@ -2,7 +2,8 @@
 # Three simulated guests sharing an OS image under dedupd, with writers
 # racing merges and un-merges and a verifier checking every byte: memory
 # is actually freed, no byte is ever wrong, and when dedupd is killed with
-# SIGKILL in the middle of merging the guests run on, unharmed.
+# SIGKILL in the middle of merging the guests run on, unharmed; restarted,
+# it gets the guests back (their agents reconnect) and the savings return.
 . "$(dirname "$0")/lib-daemon.sh"
 
 MIB=64
@@ -66,6 +67,22 @@ before=$(stat $T/a.stats writes)
 sleep 3
 after=$(stat $T/a.stats writes)
 [ "$after" -gt "$before" ] || fail "guest a stopped writing after dedupd died ($before -> $after)"
+for g in a b c; do
+        [ "$(stat $T/$g.stats hangs)" = 0 ] || fail "guest $g reports a hung writer"
+done
+
+# Restart: each agent copies what it kept merged back into its memfd and
+# registers again; the new dedupd merges as much again.
+rm -f "$T/status"
+start_dedupd --pages-to-scan=4096 --sleep-millisecs=5
+for g in a b c; do
+        wait_for 20 "[ \$(stat $T/$g.stats dedup_reconnects) = 1 ] && [ \$(stat $T/$g.stats dedup_connected) = 1 ]" ||
+                fail "guest $g did not reconnect: $(grep -o 'dedup_[a-z]*=[0-9]*' $T/$g.stats | tr '\n' ' ')"
+done
+wait_for 60 "[ \$(( \$(stat $T/status pages_sharing) + \$(stat $T/status zero_pages) )) -ge $want ]" ||
+        fail "after the restart saved only $(stat $T/status pages_sharing) sharing + $(stat $T/status zero_pages) zero pages"
+echo "after restart: pages_sharing=$(stat $T/status pages_sharing) zero_pages=$(stat $T/status zero_pages)"
+sleep 2
 for g in a b c; do
         [ "$(stat $T/$g.stats hangs)" = 0 ] || fail "guest $g reports a hung writer"
         stop_sim $g
