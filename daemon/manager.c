@@ -110,9 +110,11 @@ static int passed_socket(void) {
         for (int i = 0; i < n; i++) {
                 int f = SD_LISTEN_FDS_START + i;
                 if (names && names[i] && strncmp(names[i], "pool-", 5) == 0) {
-                        /* Reattaching to them is restart recovery, not done
-                         * yet: they stay in systemd's store; our copy goes. */
+                        /* Agents re-home what they mapped from these and
+                         * register again: drop them from systemd's store
+                         * too, or their pages would outlive every user. */
                         pools++;
+                        (void) sd_notifyf(false, "FDSTOREREMOVE=1\nFDNAME=%s", names[i]);
                         close(f);
                 } else if (fd < 0 && sd_is_socket_unix(f, SOCK_SEQPACKET, 1, NULL, 0) > 0)
                         fd = f;
@@ -122,8 +124,8 @@ static int passed_socket(void) {
                 }
         }
         if (pools)
-                log_warning("%d pool memfds of a previous run passed back: VMMs keep their merged pages, "
-                            "this run merges afresh", pools);
+                log_info("%d pool memfds of a previous run passed back and released: VMMs re-home their "
+                         "merged pages when they reconnect, this run merges afresh", pools);
         for (int i = 0; names && i < n; i++)
                 free(names[i]);
         free(names);
