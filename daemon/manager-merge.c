@@ -48,124 +48,6 @@ static int page_read(void *ud, dedup_page_t page, void *buf) {
         return 0;
 }
 
-static Pool *loc_pool(Manager *m, uint64_t loc, uint64_t *ret_off) {
-        uint16_t id;
-
-        pool_loc_split(loc, &id, ret_off);
-        return id < m->n_pools ? m->pools[id] : NULL;
-}
-
-static int canon_read(void *ud, uint64_t loc, void *buf) {
-        uint64_t off;
-        Pool *p = loc_pool(ud, loc, &off);
-
-        return p ? pool_read(p, off, buf) : -ENOENT;
-}
-
-static int pool_for(Manager *m, uint16_t group, int nid, uint16_t *ret_id) {
-        int r;
-
-        for (uint16_t i = 0; i < m->n_pools; i++)
-                if ((int) i != m->zero_pool && pool_group(m->pools[i]) == group && pool_nid(m->pools[i]) == nid) {
-                        *ret_id = i;
-                        return 0;
-                }
-        if (m->n_pools >= MANAGER_MAX_POOLS)
-                return -ENOSPC;
-        r = pool_new(group, nid, &m->pools[m->n_pools]);
-        if (r < 0)
-                return log_error_errno(r, "Cannot create pool for group %u node %d: %m", group, nid);
-        log_info("Pool '%s' created", pool_name(m->pools[m->n_pools]));
-        manager_store_pool(m, m->n_pools);
-        *ret_id = (uint16_t) m->n_pools++;
-        return 0;
-}
-
-static int canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t *ret_loc) {
-        Manager *m = ud;
-        uint64_t hint = POOL_NO_HINT, prev, off;
-        uint16_t id = 0, prev_id;
-        int r;
-
-        r = pool_for(m, req->group, req->nid, &id);
-        if (r < 0)
-                return r;
-        /* Place it right after the canonical page of the previous guest
-         * page, so a run of duplicates maps as one run of the pool. */
-        if (req->page > 0 && dedup_engine_page_loc(m->engine, req->page - 1, &prev) >= 0 && prev != DEDUP_LOC_ZERO) {
-                pool_loc_split(prev, &prev_id, &off);
-                if (prev_id == id)
-                        hint = off + DEDUP_PAGE_SIZE;
-        }
-        r = pool_alloc(m->pools[id], hint, &off);
-        if (r < 0)
-                return r;
-        r = pool_write(m->pools[id], off, req->data);
-        if (r < 0) {
-                (void) pool_free_page(m->pools[id], off);
-                return r;
-        }
-        *ret_loc = pool_loc_make(id, off);
-        return 0;
-}
-
-static bool held(Manager *m, uint64_t loc) {
-        for (size_t i = 0; i < m->n_holds; i++) {
-                Hold *h = &m->holds[i];
-                size_t lo = 0, hi = h->n_locs;
-                while (lo < hi) {
-                        size_t mid = (lo + hi) / 2;
-                        if (h->locs[mid] == loc)
-                                return true;
-                        if (h->locs[mid] < loc)
-                                lo = mid + 1;
-                        else
-                                hi = mid;
-                }
-        }
-        return false;
-}
-
-static void canon_free(void *ud, uint64_t loc) {
-        Manager *m = ud;
-        uint64_t off;
-        Pool *p = loc_pool(m, loc, &off);
-        int r;
-
-        if (!p)
-                return;
-        if (held(m, loc)) {
-                if (m->n_deferred == m->cap_deferred) {
-                        size_t cap = m->cap_deferred ? m->cap_deferred * 2 : 256;
-                        uint64_t *d = realloc(m->deferred_frees, cap * sizeof(uint64_t));
-                        if (!d) {
-                                /* Leak the page rather than punch what a VMM maps. */
-                                log_oom();
-                                return;
-                        }
-                        m->deferred_frees = d;
-                        m->cap_deferred = cap;
-                }
-                m->deferred_frees[m->n_deferred++] = loc;
-                return;
-        }
-        r = pool_free_page(p, off);
-        if (r < 0)
-                log_warning_errno(r, "Cannot free pool page %s+0x%llx: %m", pool_name(p), (unsigned long long) off);
-}
-
-static int canon_nid(void *ud, uint64_t loc) {
-        Manager *m = ud;
-        uint64_t off;
-        Pool *p = loc_pool(m, loc, &off);
-
-        if (!p)
-                return -ENOENT;
-        if (numa_topology_is_injected(m->topology))
-                return numa_topology_page_nid(m->topology, pool_name(p), off / DEDUP_PAGE_SIZE);
-        return pool_page_nid(p, off);
-}
-
 static int queue(PendingOp **v, size_t *n, size_t *cap, dedup_page_t page, uint64_t loc) {
         if (*n == *cap) {
                 size_t c = *cap ? *cap * 2 : 1024;
@@ -212,10 +94,10 @@ static uint64_t now_ms(void *ud) {
 
 const DedupEngineOps manager_engine_ops = {
         .page_read = page_read,
-        .canon_read = canon_read,
-        .canon_alloc = canon_alloc,
-        .canon_free = canon_free,
-        .canon_nid = canon_nid,
+        .canon_read = manager_canon_read,
+        .canon_alloc = manager_canon_alloc,
+        .canon_free = manager_canon_free,
+        .canon_nid = manager_canon_nid,
         .merge = merge,
         .merge_zero = merge_zero,
         .unmerge = unmerge,
@@ -363,7 +245,7 @@ static int flush_run(Vm *vm, RemapBuilder *b, VmRegion *reg, dedup_page_t first,
         k = pread(reg->memfd, m->buf_a, len, (off_t) (reg->memfd_offset + off));
         if (k == (ssize_t) len && loc != DEDUP_LOC_ZERO) {
                 uint64_t poff;
-                Pool *p = loc_pool(m, loc, &poff);
+                Pool *p = manager_loc_pool(m, loc, &poff);
                 k = p ? pread(pool_fd(p), m->buf_b, len, (off_t) poff) : -1;
         }
         if (k != (ssize_t) len) {
@@ -479,6 +361,7 @@ static int flush_unmerges(Vm *vm) {
 }
 
 int manager_flush(Manager *m) {
+        (void) manager_canon_sync(m);   /* flush_run() reads the pools */
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];
                 int r;
@@ -668,9 +551,9 @@ void manager_release_hold(Manager *m, Hold *h) {
         /* Punch what was freed meanwhile and no other hold keeps. */
         for (size_t i = 0; i < m->n_deferred;) {
                 uint64_t loc = m->deferred_frees[i];
-                if (bsearch(&loc, gone.locs, gone.n_locs, sizeof(uint64_t), cmp_u64) && !held(m, loc)) {
+                if (bsearch(&loc, gone.locs, gone.n_locs, sizeof(uint64_t), cmp_u64) && !manager_loc_held(m, loc)) {
                         m->deferred_frees[i] = m->deferred_frees[--m->n_deferred];
-                        canon_free(m, loc);
+                        manager_canon_free(m, loc);
                 } else
                         i++;
         }

@@ -67,6 +67,8 @@ Manager *manager_free(Manager *m) {
         free(m->holds);
         free(m->deferred_frees);
         dedup_engine_free(m->engine);
+        sd_event_source_disable_unref(m->punch_source);
+        free(m->punch);
         for (unsigned i = 0; i < m->n_pools; i++)
                 pool_free(m->pools[i]);
         scanner_free(m->scanner);

@@ -25,6 +25,8 @@
 #define MANAGER_MAX_VMS 1024
 #define MANAGER_MAX_REGIONS 64          /* per VM */
 #define MANAGER_MAX_POOLS 256
+/* Canonical pages written with one pwrite(), at most. */
+#define MANAGER_STAGE_PAGES 64
 
 typedef struct Manager Manager;
 typedef struct Vm Vm;
@@ -130,6 +132,15 @@ struct Manager {
         size_t n_holds;
         uint64_t *deferred_frees;       /* freed while held */
         size_t n_deferred, cap_deferred;
+        uint64_t *punch;                /* freed, punched by punch_source in runs */
+        size_t n_punch, cap_punch;
+        sd_event_source *punch_source;
+        /* New canonical pages not written yet: stage_n pages of pool
+         * stage_pool from stage_off on (manager-canon.c). */
+        uint16_t stage_pool;
+        uint32_t stage_n;
+        uint64_t stage_off;
+        uint8_t stage_buf[MANAGER_STAGE_PAGES * DEDUP_PAGE_SIZE] __attribute__((aligned(64)));
 
         /* tunables (KSM's names) */
         unsigned run;                   /* 0 stop, 1 run, 2 unmerge all */
@@ -192,6 +203,14 @@ int vm_send(Vm *vm, void *msg, size_t len, const int *fds, size_t nfds);
 
 /* manager-merge.c */
 extern const DedupEngineOps manager_engine_ops;
+/* manager-canon.c: the engine's canon_* ops */
+Pool *manager_loc_pool(Manager *m, uint64_t loc, uint64_t *ret_off);
+bool manager_loc_held(Manager *m, uint64_t loc);
+int manager_canon_sync(Manager *m);
+int manager_canon_read(void *ud, uint64_t loc, void *buf);
+int manager_canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t *ret_loc);
+void manager_canon_free(void *ud, uint64_t loc);
+int manager_canon_nid(void *ud, uint64_t loc);
 int manager_flush(Manager *m);
 void vm_handle_remap_reply(Vm *vm, const struct dedup_msg_remap *msg);
 void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg);

@@ -427,10 +427,27 @@ static int page_io(ssize_t n) {
         return n == POOL_PAGE_SIZE ? 0 : -EIO;
 }
 
-int pool_write(Pool *p, uint64_t offset, const void *data) {
-        if (!pool_is_allocated(p, offset))
+static bool run_allocated(const Pool *p, uint64_t offset, uint32_t npages) {
+        for (uint32_t i = 0; i < npages; i++)
+                if (!pool_is_allocated(p, offset + (uint64_t) i * POOL_PAGE_SIZE))
+                        return false;
+        return npages > 0;
+}
+
+int pool_write_run(Pool *p, uint64_t offset, const void *data, uint32_t npages) {
+        size_t len = (size_t) npages * POOL_PAGE_SIZE;
+        ssize_t n;
+
+        if (!run_allocated(p, offset, npages))
                 return -EINVAL;
-        return page_io(pwrite(p->fd, data, POOL_PAGE_SIZE, (off_t) offset));
+        n = pwrite(p->fd, data, len, (off_t) offset);
+        if (n < 0)
+                return negative_errno();
+        return (size_t) n == len ? 0 : -EIO;
+}
+
+int pool_write(Pool *p, uint64_t offset, const void *data) {
+        return pool_write_run(p, offset, data, 1);
 }
 
 int pool_read(const Pool *p, uint64_t offset, void *buf) {
@@ -449,17 +466,22 @@ static int punch(Pool *p, uint64_t offset, uint64_t len) {
         return 0;
 }
 
-int pool_free_page(Pool *p, uint64_t offset) {
+int pool_free_run(Pool *p, uint64_t offset, uint32_t npages) {
         int r;
 
-        if (!pool_is_allocated(p, offset))
+        if (!run_allocated(p, offset, npages))
                 return -EINVAL;
-        r = punch(p, offset, POOL_PAGE_SIZE);
+        r = punch(p, offset, (uint64_t) npages * POOL_PAGE_SIZE);
         if (r < 0)
                 return r;
-        bit_clear(p, offset / POOL_PAGE_SIZE);
-        p->frees++;
+        for (uint32_t i = 0; i < npages; i++)
+                bit_clear(p, offset / POOL_PAGE_SIZE + i);
+        p->frees += npages;
         return 0;
+}
+
+int pool_free_page(Pool *p, uint64_t offset) {
+        return pool_free_run(p, offset, 1);
 }
 
 int pool_trim(Pool *p) {

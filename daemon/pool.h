@@ -101,6 +101,8 @@ int pool_claim(Pool *pool, uint64_t offset);
  * the page is not allocated. Canonical pages are write-once: a VMM's MAP_PRIVATE view
  * shows later writes too, so write only before handing the page out. */
 int pool_write(Pool *pool, uint64_t offset, const void *data);
+/* The same for npages adjacent allocated pages, with one pwrite(). */
+int pool_write_run(Pool *pool, uint64_t offset, const void *data, uint32_t npages);
 /* Copy an allocated page out (pread). -EINVAL if not allocated. The cheap
  * way to read a canonical page: it leaves no pte in the daemon. */
 int pool_read(const Pool *pool, uint64_t offset, void *buf);
@@ -115,6 +117,8 @@ bool pool_is_allocated(const Pool *pool, uint64_t offset);
  * page from every MAP_PRIVATE mapping that has not copied it, and such a
  * mapping would then read zeros. */
 int pool_free_page(Pool *pool, uint64_t offset);
+/* The same for npages adjacent allocated pages, with one punch. */
+int pool_free_run(Pool *pool, uint64_t offset, uint32_t npages);
 /* Punch every free page (after a restart, once every agent has reported
  * its merged pages and they were claimed). Returns 0 or -errno. */
 int pool_trim(Pool *pool);

@@ -209,6 +209,37 @@ START_TEST(test_write_read) {
 }
 END_TEST
 
+/* Runs: one pwrite and one punch for adjacent pages, refused whole if
+ * any page of the run is not allocated. */
+START_TEST(test_runs) {
+        _cleanup_(pool_freep) Pool *p = NULL;
+        uint8_t buf[4 * PS], back[PS];
+        uint64_t off;
+        PoolStats s;
+
+        ck_assert_int_eq(pool_new_full(1, -1, &small, &p), 0);
+        for (uint64_t i = 0; i < 4; i++) {
+                ck_assert_int_eq(pool_alloc(p, POOL_NO_HINT, &off), 0);
+                ck_assert_uint_eq(off, i * PS);
+                fill(buf + i * PS, 10 + i);
+        }
+        ck_assert_int_eq(pool_write_run(p, PS, buf, 4), -EINVAL);      /* page 4 is free */
+        ck_assert_int_eq(pool_write_run(p, 0, buf, 4), 0);
+        for (uint64_t i = 0; i < 4; i++) {
+                ck_assert_int_eq(pool_read(p, i * PS, back), 0);
+                ck_assert_int_eq(memcmp(back, buf + i * PS, PS), 0);
+        }
+        ck_assert_int_eq(pool_free_run(p, 2 * PS, 3), -EINVAL);
+        ck_assert_int_eq(pool_free_run(p, PS, 2), 0);
+        ck_assert_int_eq(pool_stats(p, &s), 0);
+        ck_assert_uint_eq(s.bytes_used, 2 * PS);
+        ck_assert_uint_eq(s.pages_allocated, 2);
+        ck_assert_uint_eq(s.frees, 2);
+        ck_assert_int_eq(pool_read(p, 3 * PS, back), 0);
+        ck_assert_int_eq(memcmp(back, buf + 3 * PS, PS), 0);
+}
+END_TEST
+
 START_TEST(test_free_punches) {
         _cleanup_(pool_freep) Pool *p = NULL;
         uint8_t buf[PS], back[PS], zero[PS] = {};
@@ -502,6 +533,7 @@ static Suite *pool_suite(void) {
                 { "odd-chunk", test_odd_chunk },
                 { "write-read", test_write_read },
                 { "free-punches", test_free_punches },
+                { "runs", test_runs },
                 { "ro-fd", test_ro_fd },
                 { "numa", test_numa },
                 { "loc", test_loc },
