@@ -5,6 +5,7 @@
 #   ./contrib/quickstart.sh demo    build and run the main job, showing memory saved
 #   ./contrib/quickstart.sh check   build and run 'make check', print the summary
 #   ./contrib/quickstart.sh build   install the Debian packages and build (into build/)
+#   ./contrib/quickstart.sh fuzz [RUNS]  fuzz the protocol parser (ASan+UBSan, default 10M runs)
 #   ./contrib/quickstart.sh deps    only install the Debian packages
 set -eu
 
@@ -80,5 +81,6 @@ deps) deps ;;
 build) deps; build ;;
 demo) deps; build; demo ;;
 check) deps; build; check ;;
-*) echo "usage: $0 demo|check|build|deps" >&2; exit 2 ;;
+fuzz) deps; [ -x "$top/configure" ] || autoreconf -fi >/dev/null; exec "$top/tests/fuzz/run-fuzz" ${2:+"$2"} ;;
+*) echo "usage: $0 demo|check|build|fuzz|deps" >&2; exit 2 ;;
 esac
