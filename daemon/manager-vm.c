@@ -349,6 +349,24 @@ static int vm_pid_exited(sd_event_source *s, int fd, uint32_t revents, void *use
         return 0;
 }
 
+/* Is the peer in group gid, as its primary group (SO_PEERCRED) or a
+ * supplementary one (SO_PEERGROUPS, as they were at connect())? */
+static bool peer_in_group(int fd, gid_t primary, gid_t gid) {
+        gid_t groups[256];
+        socklen_t len = sizeof(groups);
+
+        if (gid == (gid_t) -1)
+                return false;
+        if (primary == gid)
+                return true;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+                return false;   /* ERANGE: more than 256 groups; refuse */
+        for (size_t i = 0; i < len / sizeof(gid_t); i++)
+                if (groups[i] == gid)
+                        return true;
+        return false;
+}
+
 int manager_accept(Manager *m, int fd) {
         struct ucred cred;
         socklen_t len = sizeof(cred);
@@ -358,7 +376,7 @@ int manager_accept(Manager *m, int fd) {
 
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
                 return log_warning_errno(-errno, "Cannot read peer credentials: %m");
-        if (cred.uid != 0 && (m->allowed_gid == (gid_t) -1 || cred.gid != m->allowed_gid)) {
+        if (cred.uid != 0 && !peer_in_group(fd, cred.gid, m->allowed_gid)) {
                 log_warning("Refusing VMM registration from pid %d (uid %u gid %u): only root%s may register",
                             (int) cred.pid, cred.uid, cred.gid, m->allowed_gid == (gid_t) -1 ? "" : " and the allowed group");
                 return -EPERM;
