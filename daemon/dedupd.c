@@ -164,6 +164,17 @@ static int load_config(Manager *m, int argc, char **argv, const char **ret_socke
         return 1;
 }
 
+/* Every VM costs a few fds and dedupd never uses select(): take the hard
+ * limit (systemd's soft default is 1024). */
+static void raise_fd_limit(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
+}
+
 int main(int argc, char **argv) {
         _cleanup_(manager_freep) Manager *m = NULL;
         const char *socket_path = getenv("DEDUPD_SOCKET") ?: DEDUP_DEFAULT_SOCKET;
@@ -189,6 +200,7 @@ int main(int argc, char **argv) {
                 }
         }
 
+        raise_fd_limit();
         sigemptyset(&ss);
         sigaddset(&ss, SIGTERM);
         sigaddset(&ss, SIGINT);

@@ -14,6 +14,9 @@
  *   and the canon_read/canon_nid/canon_free ops sync first. A write that
  *   fails then cannot be reported to the engine; the flush's compare fails
  *   every merge onto such a page instead, so it is never mapped.
+ * - canon_alloc() fails (-ENOSPC: the engine skips that merge) once the
+ *   pages allowed by dedupd's memory cgroup are used up, MEM_SPARE short of
+ *   the limit; merges onto existing canonical pages and zero pages go on.
  * - canon_free() queues the page; a deferred event punches the queue, sorted,
  *   one fallocate() per run, after the engine's current batch (a VM's
  *   teardown frees tens of thousands at once). Queued pages stay allocated,
@@ -79,11 +82,40 @@ static int pool_for(Manager *m, uint16_t group, int nid, uint16_t *ret_id) {
         return 0;
 }
 
+/* Room kept below the limit for what else grows: engine tables, buffers,
+ * messages. */
+#define MEM_SPARE (32ull << 20)
+
+void manager_check_memory(Manager *m) {
+        uint64_t room;
+        bool limited;
+
+        if (!m->memcg || memcg_room(m->memcg, &room) < 0) {
+                m->canon_room = UINT64_MAX;
+                return;
+        }
+        m->canon_room = room == UINT64_MAX ? UINT64_MAX : room > MEM_SPARE ? (room - MEM_SPARE) / DEDUP_PAGE_SIZE : 0;
+        /* Resume only with room for a few MiB of pages: no flapping. */
+        if (m->memory_limited && m->canon_room < (MEM_SPARE / 4) / DEDUP_PAGE_SIZE)
+                m->canon_room = 0;
+        limited = m->canon_room == 0;
+        if (limited != m->memory_limited)
+                log_warning(limited ? "Not creating canonical pages: %s is within %llu MiB of its memory limit"
+                                    : "Creating canonical pages again: %s is below its memory limit",
+                            memcg_path(m->memcg), MEM_SPARE >> 20);
+        m->memory_limited = limited;
+}
+
 int manager_canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t *ret_loc) {
         Manager *m = ud;
         uint64_t hint = POOL_NO_HINT, prev, off;
         uint16_t id = 0, prev_id;
         int r;
+
+        if (m->canon_room == 0)
+                return -ENOSPC;
+        if (m->canon_room != UINT64_MAX)
+                m->canon_room--;
 
         r = pool_for(m, req->group, req->nid, &id);
         if (r < 0)

@@ -190,6 +190,7 @@ static int scan_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         int r = 0;
 
         unmerge_paused(m);
+        manager_check_memory(m);
         if (m->run == 1)
                 r = scan_batch(m);
         else if (m->run == 2)

@@ -11,12 +11,14 @@
  */
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <sys/time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -165,6 +167,10 @@ static void vm_handle_hello(Vm *vm, const struct dedup_msg_hello *h) {
 
         if (vm->hello_done)
                 return vm_disconnect(vm, EPROTO, "second HELLO");
+        if (vm->refusal) {
+                memcpy(vm->name, h->name, sizeof(vm->name));
+                return vm_disconnect(vm, EAGAIN, vm->refusal);
+        }
         if ((pid_t) h->pid != vm->pid)
                 return vm_disconnect(vm, EPERM, "HELLO pid differs from the socket peer's");
         if (name_taken(m, h->name))
@@ -349,6 +355,26 @@ static int vm_pid_exited(sd_event_source *s, int fd, uint32_t revents, void *use
         return 0;
 }
 
+/* A VM costs its socket and pidfd, and a memfd and a uffd per region; keep
+ * room for those, new pools, /proc reads and D-Bus. */
+#define FD_SPARE 64u
+
+static bool fds_to_spare(void) {
+        struct rlimit rl;
+        unsigned used = 0;
+        DIR *d;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+                return true;
+        d = opendir("/proc/self/fd");
+        if (!d)
+                return errno != EMFILE && errno != ENFILE;
+        while (readdir(d))
+                used++;
+        closedir(d);
+        return used + FD_SPARE <= rl.rlim_cur;
+}
+
 /* Is the peer in group gid, as its primary group (SO_PEERCRED) or a
  * supplementary one (SO_PEERGROUPS, as they were at connect())? */
 static bool peer_in_group(int fd, gid_t primary, gid_t gid) {
@@ -393,6 +419,13 @@ int manager_accept(Manager *m, int fd) {
         vm->pidfd = -1;
         vm->pid = cred.pid;
         vm->uid = cred.uid;
+        /* Refused at HELLO, once it has been read: closing a socket with
+         * unread data would reset it before the VMM reads why. */
+        if (!fds_to_spare()) {
+                log_warning("Not taking VMM pid %d: fewer than %u file descriptors left below RLIMIT_NOFILE; "
+                            "it runs unmerged and retries", (int) cred.pid, FD_SPARE);
+                vm->refusal = "dedupd is out of file descriptors: not merging this VM for now";
+        }
         r = sd_event_add_io(m->event, &vm->io_source, fd, EPOLLIN, vm_io, vm);
         if (r < 0) {
                 vm_free(vm);

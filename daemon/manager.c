@@ -32,6 +32,7 @@ int manager_new(Manager **ret) {
         m->pages_to_scan = 10000;
         m->sleep_ms = 20;
         m->vma_headroom = 4096;
+        m->canon_room = UINT64_MAX;
         m->advisor_target_sec = 200;
         m->advisor_max_cpu = 70;
         r = sd_event_default(&m->event);
@@ -45,6 +46,8 @@ int manager_new(Manager **ret) {
         }
         if (r >= 0)
                 r = vma_budget_read_max_map_count(NULL, &m->max_map_count);
+        if (r >= 0 && memcg_open("/sys/fs/cgroup", "/proc/self", &m->memcg) < 0)
+                m->memcg = NULL;        /* no memory controller: no limit to keep to */
         if (r < 0) {
                 manager_free(m);
                 return r;
@@ -69,6 +72,7 @@ Manager *manager_free(Manager *m) {
         dedup_engine_free(m->engine);
         sd_event_source_disable_unref(m->punch_source);
         free(m->punch);
+        memcg_free(m->memcg);
         for (unsigned i = 0; i < m->n_pools; i++)
                 pool_free(m->pools[i]);
         scanner_free(m->scanner);
@@ -88,12 +92,25 @@ Manager *manager_free(Manager *m) {
         return NULL;
 }
 
+static int accept_again(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+
+        return sd_event_source_set_enabled(m->listen_source, SD_EVENT_ON);
+}
+
 static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Manager *m = userdata;
         int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
         if (cfd < 0) {
-                if (errno != EAGAIN && errno != EINTR)
+                if (errno == EMFILE || errno == ENFILE) {
+                        /* The connection stays queued and the socket
+                         * readable: pause rather than spin. */
+                        log_warning_errno(-errno, "Cannot accept VMMs for a second: %m");
+                        (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+                        (void) sd_event_add_time_relative(m->event, NULL, CLOCK_MONOTONIC, 1000 * 1000, 0,
+                                                          accept_again, m);
+                } else if (errno != EAGAIN && errno != EINTR)
                         log_warning_errno(-errno, "accept() failed: %m");
                 return 0;
         }
@@ -346,7 +363,7 @@ void manager_write_status(Manager *m) {
                 "run=%u\nvms=%u\npages_shared=%llu\npages_sharing=%llu\npages_unshared=%llu\npages_volatile=%llu\n"
                 "pages_scanned=%llu\nfull_scans=%llu\nstable_node_chains=%llu\nstable_node_dups=%llu\n"
                 "zero_pages=%llu\nmerge_aborts=%llu\nunmerges=%llu\npages_pending=%llu\nmetadata_bytes=%llu\n"
-                "saved_bytes=%llu\npunched_pages=%llu\npools=%u\nholds=%zu\n",
+                "saved_bytes=%llu\npunched_pages=%llu\npools=%u\nholds=%zu\nmemory_limited=%d\n",
                 m->run, nvms, (unsigned long long) st.pages_shared, (unsigned long long) st.pages_sharing,
                 (unsigned long long) st.pages_unshared, (unsigned long long) st.pages_volatile,
                 (unsigned long long) st.pages_scanned, (unsigned long long) st.full_scans,
@@ -355,7 +372,7 @@ void manager_write_status(Manager *m) {
                 (unsigned long long) st.unmerges, (unsigned long long) st.pages_pending,
                 (unsigned long long) st.metadata_bytes,
                 (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE),
-                (unsigned long long) m->punched_pages, m->n_pools, m->n_holds);
+                (unsigned long long) m->punched_pages, m->n_pools, m->n_holds, m->memory_limited);
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];
                 DedupVmStats vs;

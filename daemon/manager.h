@@ -15,6 +15,7 @@
 #include <systemd/sd-event.h>
 
 #include "config.h"
+#include "memcg.h"
 #include "dedup-engine.h"
 #include "dedup-proto.h"
 #include "numa-topology.h"
@@ -72,6 +73,7 @@ struct Vm {
         sd_event_source *io_source;
         sd_event_source *pid_source;
         bool hello_done;
+        const char *refusal;            /* refuse at HELLO with this (EAGAIN) */
         bool disconnected;              /* the agent is gone; state being torn down */
         bool paused;                    /* Unmerge() asked: unmerge it, merge nothing until Merge() */
         uint16_t group;                 /* merge group */
@@ -132,6 +134,12 @@ struct Manager {
         size_t n_holds;
         uint64_t *deferred_frees;       /* freed while held */
         size_t n_deferred, cap_deferred;
+        /* dedupd's memory cgroup: canonical pages are charged to us. At each
+         * scan batch canon_room becomes the pages we may still allocate
+         * (manager_check_memory()); memory_limited while it is 0. */
+        MemCg *memcg;
+        uint64_t canon_room;
+        bool memory_limited;
         uint64_t *punch;                /* freed, punched by punch_source in runs */
         size_t n_punch, cap_punch;
         sd_event_source *punch_source;
@@ -211,6 +219,7 @@ int manager_canon_read(void *ud, uint64_t loc, void *buf);
 int manager_canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t *ret_loc);
 void manager_canon_free(void *ud, uint64_t loc);
 int manager_canon_nid(void *ud, uint64_t loc);
+void manager_check_memory(Manager *m);
 int manager_flush(Manager *m);
 void vm_handle_remap_reply(Vm *vm, const struct dedup_msg_remap *msg);
 void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg);

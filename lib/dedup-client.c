@@ -1048,7 +1048,9 @@ static int handshake(dedup_client *c) {
         memcpy(hello.name, c->name, sizeof hello.name);
         memcpy(hello.uuid, c->uuid, sizeof hello.uuid);
         q = dedup_proto_send(c->sock, &hello, NULL, 0);
-        if (q < 0)
+        /* A daemon that refuses us at once (out of fds, say) says why
+         * first, then hangs up: read that rather than report EPIPE. */
+        if (q < 0 && q != -EPIPE && q != -ECONNRESET)
                 return q;
 
         do
