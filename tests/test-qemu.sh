@@ -6,8 +6,9 @@
 # prints their md5 check on the serial console. The test checks that dedupd
 # registers all three and saves memory (dedupctl status), that every round
 # of every guest stays right, that dedupd SIGKILLed leaves the guests
-# running and right, and that a guest started with the shim but no dedupd
-# runs as without it.
+# running and right, that a restarted dedupd gets them back and saves as
+# much again, and that a guest started with the shim but no dedupd runs as
+# without it.
 top_srcdir=$(cd "$(dirname "$0")/.." && pwd)
 . "$top_srcdir/tests/lib-daemon.sh"
 . "$top_srcdir/tests/lib-bus.sh"
@@ -36,7 +37,7 @@ saved_mib() {
 
 start_private_bus
 DEDUPD_BUS=$BUS_ADDRESS start_dedupd --pages-to-scan=20000 --sleep-millisecs=10
-for g in $GUESTS; do start_guest "$g" 90; done
+for g in $GUESTS; do start_guest "$g" 180; done
 
 for g in $GUESTS; do
         wait_guest "$g" ready 120
@@ -56,6 +57,21 @@ kill -9 "$DEDUPD_PID"
 wait "$DEDUPD_PID" 2>/dev/null || true
 echo "dedupd SIGKILLed"
 progress "after dedupd died"
+for g in $GUESTS; do
+        wait_for 5 "grep -q 'lost dedupd' '$T/$g.qemu'" || { cat "$T/$g.qemu"; fail "shim of $g did not say dedupd is gone"; }
+done
+
+# Restarted, dedupd gets the guests back from their agents and saves again.
+rm -f "$T/status"
+DEDUPD_BUS=$BUS_ADDRESS start_dedupd --pages-to-scan=20000 --sleep-millisecs=10
+for g in $GUESTS; do
+        wait_for 30 "grep -q 'registered with dedupd again' '$T/$g.qemu'" ||
+                { cat "$T/$g.qemu"; fail "guest $g did not come back to the new dedupd"; }
+done
+wait_for 60 "[ \"\$(saved_mib)\" -ge 100 ] 2>/dev/null" ||
+        { cat "$T/dedupctl.out"; fail "the restarted dedupd did not save 100 MiB again"; }
+echo "dedupd restarted: guests back, $(sed -n 's/^ *saved: *//p' "$T/dedupctl.out" | head -n 1) saved again"
+progress "after dedupd came back"
 stop_guests
 
 # The shim with no dedupd: one line, and the guest runs as without it.

@@ -23,6 +23,8 @@
  *
  * Without a dedupd listening, the first export finds no socket, the shim
  * says so once on stderr and does nothing more: QEMU runs as without it.
+ * When a running dedupd goes away the shim says so, and again when libdedup
+ * has registered the RAM with a new dedupd.
  * munmap of an exported region (memory hot-unplug) stops deduplication of
  * the whole VM first (libdedup cannot drop one region): guest RAM is
  * unprotected, merged pages stay mapped and break copy-on-write as
@@ -213,6 +215,26 @@ static bool export_settled(void) {
         return false;
 }
 
+/* One line when the agent loses dedupd (fail-safe) and one when it is
+ * registered again (libdedup reconnects by itself unless refused). */
+static void watch_connection(void) {
+        static bool was_connected = true;
+        dedup_client_stats st;
+        int r;
+
+        pthread_mutex_lock(&client_lock);
+        r = client && client_started ? dedup_client_get_stats(client, &st) : -ENOENT;
+        pthread_mutex_unlock(&client_lock);
+        if (r < 0 || !!st.connected == was_connected)
+                return;
+        was_connected = st.connected;
+        if (st.connected)
+                say("guest RAM registered with dedupd again (reconnect %llu)", (unsigned long long) st.reconnects);
+        else
+                say("lost dedupd: guest RAM is no longer deduplicated, merged pages stay mapped; "
+                    "trying to register again");
+}
+
 static void *exporter_main(void *arg) {
         char name[64], uuid[37];
         int r;
@@ -228,8 +250,10 @@ static void *exporter_main(void *arg) {
                 pthread_mutex_unlock(&shim_lock);
                 return NULL;
         }
-        while (export_settled())
+        while (export_settled()) {
+                watch_connection();
                 nanosleep(&(struct timespec) { .tv_nsec = POLL_MSEC * 1000000L }, NULL);
+        }
         return NULL;
 }
 
