@@ -101,7 +101,7 @@ const Tunable tunables[] = {
         { "StableNodeChainsPruneMillisecs", "stable-node-chains-prune-millisecs", 'u', 0, 86400000, NULL,
           "how often stale dups are pruned", get_chain_prune_ms, set_chain_prune_ms },
         { "SmartScan", "smart-scan", 'b', 0, 1, NULL,
-          "skip pages that keep failing to merge", get_smart_scan, set_smart_scan },
+          "skip pages that keep failing to merge or being rewritten", get_smart_scan, set_smart_scan },
         { "AdvisorMode", "advisor-mode", 's', 0, 1, advisor_modes,
           "tune PagesToScan to reach a full-scan time", get_advisor_mode, set_advisor_mode },
         { "AdvisorTargetScanTimeSec", "advisor-target-scan-time-sec", 'u', 1, 86400, NULL,

@@ -152,6 +152,13 @@ void dedup_engine_unmerge_done(DedupEngine *e, dedup_page_t page, int r) {
         scan_unmerge_finish(e, page, r);
 }
 
+/* Thrash avoidance (with smart scan): a merged page the guest writes is
+ * then looked at like a page that never merges, once every
+ * skip_for_age(THRASH_AGE) + 1 scans, starting with a skip, until it merges
+ * again: a page the guest keeps rewriting is not merged and broken again
+ * at every scan. */
+#define THRASH_AGE 9u
+
 void dedup_engine_page_written(DedupEngine *e, dedup_page_t page) {
         Region *reg;
         PageSlot *s = engine_slot(e, page, &reg);
@@ -163,6 +170,7 @@ void dedup_engine_page_written(DedupEngine *e, dedup_page_t page) {
         case DEDUP_PAGE_UNMERGING:
         case DEDUP_PAGE_ZERO:
                 leave(e, reg, s, page);
+                s->w0 |= THRASH_AGE << SLOT_AGE_SHIFT | skip_for_age(THRASH_AGE) << SLOT_SKIP_SHIFT;
                 break;
         case DEDUP_PAGE_MERGING:
                 /* The merge will be refused (the write lifted the protection). */

@@ -184,6 +184,37 @@ START_TEST(test_merge_verifies_trusts_hash) {
 }
 END_TEST
 
+/* A merged page the guest writes is merged again only after a pause of
+ * smart-scan skips, even when its content matches a stable page at once;
+ * without smart scan, at the next scan. */
+START_TEST(test_thrash_avoidance) {
+        for (int smart = 1; smart >= 0; smart--) {
+                unsigned scans = 0;
+
+                setup_vms(2, 8, NULL);
+                dedup_engine_set_smart_scan(B.e, smart);
+                for (uint32_t p = 0; p < 8; p++)
+                        B.cid[p] = B.cid[8 + p] = 70 + p;
+                scan_all(2);
+                ck_assert_uint_eq(S.pages_sharing, 8);
+                backend_write(&B, 0, 999);              /* COW break ... */
+                backend_write(&B, 0, 70);               /* ... back to the shared content */
+                ck_assert_uint_ne(dedup_engine_page_state(B.e, 0), DEDUP_PAGE_MERGED);
+                while (dedup_engine_page_state(B.e, 0) != DEDUP_PAGE_MERGED && scans < 20) {
+                        scan_all(1);
+                        scans++;
+                }
+                ck_assert_uint_eq(dedup_engine_page_state(B.e, 0), DEDUP_PAGE_MERGED);
+                if (smart)
+                        ck_assert_uint_eq(scans, 9);
+                else
+                        ck_assert_uint_eq(scans, 1);
+                backend_done(&B);
+        }
+        setup_vms(1, 1, NULL);  /* for the teardown */
+}
+END_TEST
+
 START_TEST(test_volatility_filter) {
         setup_vms(2, 8, NULL);
         dedup_engine_set_smart_scan(B.e, false);
@@ -340,7 +371,9 @@ START_TEST(test_numa_trees_and_migration) {
         ck_assert_uint_eq(S.stable_node_dups, 2);
         ck_assert_uint_eq(S.pages_shared, 2);
 
-        /* A new page on node 1 now finds the content in node 1's tree. */
+        /* A new page on node 1 now finds the content in node 1's tree
+         * (smart scan off: no thrash-avoidance pause after the write). */
+        dedup_engine_set_smart_scan(B.e, false);
         backend_write(&B, 9, 1);
         scan_all(1);
         backend_write(&B, 9, 777);
@@ -521,6 +554,7 @@ int main(void) {
                 { "stable_hit_first_sight", test_stable_hit_first_sight, 10 },
                 { "hash_collisions_never_merge", test_hash_collisions_never_merge, 10 },
                 { "merge_verifies_trusts_hash", test_merge_verifies_trusts_hash, 10 },
+                { "thrash_avoidance", test_thrash_avoidance, 10 },
                 { "volatility_filter", test_volatility_filter, 10 },
                 { "zero_pages", test_zero_pages, 10 },
                 { "groups_isolated", test_groups_isolated, 10 },

@@ -104,8 +104,9 @@ scanned_pages() {
 
 # start_engine ENGINE [dedupd options...]: dedupd (not merging yet, on a
 # private bus) at its defaults, or KSM stopped with its knobs saved and set
-# as an operator tuning it for speed would (pages_to_scan=10000,
-# sleep_millisecs=0); then start the guests.
+# as an operator tuning it for speed would (ENGINE ksm: pages_to_scan=10000,
+# sleep_millisecs=0) or at its defaults (ksm-default: 100 pages every
+# 20 ms); then start the guests.
 start_engine() {
         engine=$1; shift
         if [ "$engine" = dedupd ]; then
@@ -115,8 +116,13 @@ start_engine() {
                 ksm_save
                 echo 2 >"$KSM/run"
                 echo 0 >"$KSM/run"
-                echo 10000 >"$KSM/pages_to_scan"
-                echo 0 >"$KSM/sleep_millisecs"
+                if [ "$engine" = ksm-default ]; then
+                        echo 100 >"$KSM/pages_to_scan"
+                        echo 20 >"$KSM/sleep_millisecs"
+                else
+                        echo 10000 >"$KSM/pages_to_scan"
+                        echo 0 >"$KSM/sleep_millisecs"
+                fi
                 echo 1 >"$KSM/merge_across_nodes" 2>/dev/null || true
                 echo 0 >"$KSM/use_zero_pages" 2>/dev/null || true
         fi
@@ -146,7 +152,7 @@ stop_engine() {
 start_sims() {
         engine=$1 n=$2 mib=$3; shift 3
         backend=memfd
-        [ "$engine" = ksm ] && backend=anon-ksm
+        [ "$engine" = dedupd ] || backend=anon-ksm
         SIMS="" SIMS_PIDS=""
         i=1
         while [ "$i" -le "$n" ]; do
@@ -172,12 +178,12 @@ sims_max() {
         for s in $SIMS; do stat "$T/$s.stats" "$1"; done | awk 'NR == 1 || $1 > m { m = $1 } END { print m + 0 }'
 }
 
-# converge ENGINE MAX_S: merge from now until savings stop growing (under
-# 1% more in 5 s) or MAX_S pass. Sets SAVED (pages), CONVERGE95_S (seconds
+# converge ENGINE MAX_S [QUIET_S]: merge from now until savings stop
+# growing (under 1% more in QUIET_S seconds, default 5) or MAX_S pass. Sets SAVED (pages), CONVERGE95_S (seconds
 # until 95% of SAVED), CPU_S and SCANNED (CPU seconds and pages scanned
 # until then).
 converge() {
-        engine=$1 max=$2
+        engine=$1 max=$2 quiet=${3:-5}
         : >"$T/samples"
         cpu0=$(engine_cpu_s "$engine")
         scan0=$(scanned_pages "$engine")
@@ -190,7 +196,7 @@ converge() {
                 saved=$(saved_pages "$engine")
                 echo "$t $saved $(engine_cpu_s "$engine") $(scanned_pages "$engine")" >>"$T/samples"
                 if [ "$saved" -gt $((ref + ref / 100 + 16)) ]; then ref=$saved tref=$t; fi
-                awk -v t="$t" -v r="$tref" -v m="$max" 'BEGIN { exit !(t - r >= 5 || t >= m) }' && break
+                awk -v t="$t" -v r="$tref" -v m="$max" -v q="$quiet" 'BEGIN { exit !(t - r >= q || t >= m) }' && break
         done
         SAVED=$saved
         set -- $(awk -v goal="$((saved * 95 / 100))" -v c0="$cpu0" -v s0="$scan0" \
