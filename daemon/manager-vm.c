@@ -332,6 +332,9 @@ static int vm_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         case DEDUP_MSG_WRITTEN:
                 vm_handle_ranges(vm, (const void *) buf);
                 break;
+        case DEDUP_MSG_ZERO_KEPT:
+                vm_handle_zero_kept(vm, (const void *) buf);
+                break;
         case DEDUP_MSG_BYE:
                 log_info("VM '%s' said goodbye", vm->name);
                 vm_disconnect(vm, 0, NULL);

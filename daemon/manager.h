@@ -223,6 +223,7 @@ void manager_check_memory(Manager *m);
 int manager_flush(Manager *m);
 void vm_handle_remap_reply(Vm *vm, const struct dedup_msg_remap *msg);
 void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg);
+void vm_handle_zero_kept(Vm *vm, const struct dedup_msg_ranges *msg);
 void vm_fail_inflight(Vm *vm);
 /* Count the VMM's VMAs (at most every 100 ms, else -EAGAIN), in-flight
  * remaps included, and take that as the budget's estimate. */

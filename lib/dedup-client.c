@@ -45,9 +45,12 @@
  *     wake. Merged pages stay mapped; later writes are ordinary private COW.
  *   - Reconnect: unless the daemon sent ERROR or garbage, the agent then
  *     tries the socket again (250 ms, doubling to 5 s). Once a daemon
- *     answers HELLO, pages still merged or detached are copied back into
- *     the memfd under protection (rehome_all()) before the regions are
- *     sent, so the new daemon scans what the guest sees and merges afresh.
+ *     answers HELLO, pages still merged on pools or detached are copied
+ *     back into the memfd under protection (rehome_region()) before the
+ *     regions are sent, so the new daemon scans what the guest sees and
+ *     merges afresh; zero overlays the guest did not write stay, protected
+ *     again, and are reported in ZERO_KEPT (the new daemon counts them as
+ *     zero pages at once).
  *   - The library prints nothing and never exits; errors are returned.
  */
 
@@ -113,6 +116,7 @@ typedef struct Region {
         bool registered;                /* [hva, +size) registered on c->uffd */
         uint64_t *merged;               /* bit per page: see "Page states" */
         uint64_t *detached;             /* lazily allocated */
+        uint64_t *zero;                 /* merged onto an anonymous zero overlay; lazily */
 } Region;
 
 typedef struct PoolFd {
@@ -360,6 +364,7 @@ static Region *region_free(Region *r) {
         free(r->vmf);
         free(r->merged);
         free(r->detached);
+        free(r->zero);
         free(r);
         return NULL;
 }
@@ -419,6 +424,7 @@ static void region_detach(dedup_client *c, Region *r, uint64_t first, uint64_t n
                 r->detached = calloc((r->npages + 63) / 64, sizeof(uint64_t));
         if (r->detached)
                 bits_set(r->detached, first, n);
+        bits_clear(r->zero, first, n);
         stats_merged(c, -(int64_t) bits_clear(r->merged, first, n));
         unprotect_or_wake(c->uffd, r->hva + first * PAGE, n * PAGE);
 }
@@ -613,6 +619,7 @@ static int rehome(dedup_client *c, Region *r, uint64_t first, uint64_t n, bool z
                 region_detach(c, r, first, n);
                 return q;
         }
+        bits_clear(r->zero, first, n);
         stats_merged(c, -(int64_t) bits_clear(r->merged, first, n));
         uffd_wake(c->uffd, a, len);
         return 0;
@@ -797,6 +804,10 @@ static uint32_t remap_entry(dedup_client *c, Region *r, PoolFd *pool, const stru
         (void) fallocate(r->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                          (off_t) (r->memfd_offset + e->offset), (off_t) len);
         stats_merged(c, (int64_t) bits_set(r->merged, first, n));
+        if (!pool && !r->zero)
+                r->zero = calloc((r->npages + 63) / 64, sizeof(uint64_t));
+        if (!pool && r->zero)
+                bits_set(r->zero, first, n); /* without: re-homed at a reconnect */
         return DEDUP_REMAP_DONE;
 }
 
@@ -1099,10 +1110,20 @@ static bool page_private(const Region *r, uint64_t i) {
         return bit_test(r->merged, i) || bit_test(r->detached, i);
 }
 
+/* What a reconnect does with a private page: copy it into the memfd, punch
+ * it there (all zero), or keep it (an anonymous zero overlay the guest did
+ * not write: the new daemon takes it as a zero page, see send_zero_kept()). */
+enum { REHOME_DATA, REHOME_HOLE, KEEP_ZERO };
+
+static int reconnect_kind(const Region *r, uint64_t i) {
+        if (!is_zero(r->hva + i * PAGE, PAGE))
+                return REHOME_DATA;
+        return bit_test(r->zero, i) && bit_test(r->merged, i) ? KEEP_ZERO : REHOME_HOLE;
+}
+
 /* Register r again and put every page that lives only in a private mapping
- * (merged, or detached) back into the memfd: protect the run, copy or
- * punch it, map the memfd. Zero pages are punched rather than written so
- * that a reconnect does not allocate what the zero overlays saved. */
+ * (merged, or detached) back into the memfd, but for zero overlays, which
+ * stay: protect the run, then copy, punch or keep each part of it. */
 static int rehome_region(dedup_client *c, Region *r) {
         int q = uffd_register(c->uffd, r->hva, r->size);
 
@@ -1119,17 +1140,56 @@ static int rehome_region(dedup_client *c, Region *r) {
                 q = uffd_protect(c->uffd, r->hva + i * PAGE, n * PAGE, true);
                 if (q < 0)
                         return q;
-                /* rehome() accounts them as merged pages leaving. */
-                stats_merged(c, (int64_t) bits_set(r->merged, i, n));
-                bits_clear(r->detached, i, n);
                 for (uint64_t s = i, e; s < i + n; s = e) {
-                        bool zero = is_zero(r->hva + s * PAGE, PAGE);
-                        for (e = s + 1; e < i + n && is_zero(r->hva + e * PAGE, PAGE) == zero; e++)
+                        int kind = reconnect_kind(r, s);
+                        for (e = s + 1; e < i + n && reconnect_kind(r, e) == kind; e++)
                                 ;
-                        (void) rehome(c, r, s, e - s, zero);
+                        if (kind == KEEP_ZERO)
+                                continue;
+                        /* rehome() accounts them as merged pages leaving. */
+                        stats_merged(c, (int64_t) bits_set(r->merged, s, e - s));
+                        bits_clear(r->detached, s, e - s);
+                        (void) rehome(c, r, s, e - s, kind == REHOME_HOLE);
                 }
         }
         return 0;
+}
+
+/* After the REGIONs: ZERO_KEPT for the zero overlays rehome_region() kept. */
+static int send_zero_kept(dedup_client *c) {
+        size_t len = dedup_msg_ranges_size(DEDUP_PROTO_MAX_ENTRIES);
+        struct dedup_msg_ranges *m = calloc(1, len);
+        int q = 0;
+
+        if (!m)
+                return -ENOMEM;
+        for (size_t k = 0; q >= 0 && k < c->n_regions; k++) {
+                Region *r = c->regions[k];
+                for (uint64_t i = 0, n; q >= 0 && i < r->npages; i += n) {
+                        for (n = 0; i + n < r->npages && n < DEDUP_PROTO_MAX_RUN && bit_test(r->zero, i + n); n++)
+                                ;
+                        if (n == 0) {
+                                n = 1;
+                                continue;
+                        }
+                        m->ranges[m->count++] = (struct dedup_range) {
+                                .region_id = r->id, .npages = (uint32_t) n, .offset = i * PAGE,
+                        };
+                        if (m->count == DEDUP_PROTO_MAX_ENTRIES) {
+                                dedup_proto_init_header(&m->hdr, DEDUP_MSG_ZERO_KEPT,
+                                                        (uint32_t) dedup_msg_ranges_size(m->count), ++c->seq);
+                                q = dedup_proto_send(c->sock, m, NULL, 0);
+                                m->count = 0;
+                        }
+                }
+        }
+        if (q >= 0 && m->count) {
+                dedup_proto_init_header(&m->hdr, DEDUP_MSG_ZERO_KEPT, (uint32_t) dedup_msg_ranges_size(m->count),
+                                        ++c->seq);
+                q = dedup_proto_send(c->sock, m, NULL, 0);
+        }
+        free(m);
+        return q;
 }
 
 /* Try the daemon again after a fail-safe: HELLO, re-home, REGIONs. On
@@ -1147,6 +1207,8 @@ static void reconnect(dedup_client *c) {
                 q = rehome_region(c, c->regions[i]);
         for (size_t i = 0; q >= 0 && i < c->n_regions; i++)
                 q = region_send(c, c->regions[i], false);
+        if (q >= 0)
+                q = send_zero_kept(c);
         if (q >= 0 && fcntl(c->sock, F_SETFL, O_NONBLOCK) < 0)
                 q = -errno;
         if (q < 0) {

@@ -166,6 +166,10 @@ void dedup_engine_unmerge_done(DedupEngine *e, dedup_page_t page, int r);
 /* The guest wrote the page: a merged page got its own copy back (the
  * agent did the copy), any other page must be re-checked. */
 void dedup_engine_page_written(DedupEngine *e, dedup_page_t page);
+/* page, not merged and not in flight, is already zero memory in the VMM (a
+ * zero overlay its agent kept across a daemon restart): count it as a zero
+ * page. 0, -ENOENT, or -EBUSY if the page is merged or in flight. */
+int dedup_engine_adopt_zero(DedupEngine *e, dedup_page_t page);
 
 /* Unmerge every page (Run=2) or every page of one VM: issues at most
  * budget unmerge ops or page visits per call. Returns 1 while pages

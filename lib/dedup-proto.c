@@ -75,6 +75,7 @@ static const char *const type_names[_DEDUP_MSG_MAX] = {
         [DEDUP_MSG_WRITTEN] = "WRITTEN",
         [DEDUP_MSG_BYE] = "BYE",
         [DEDUP_MSG_ERROR] = "ERROR",
+        [DEDUP_MSG_ZERO_KEPT] = "ZERO_KEPT",
 };
 
 const char *dedup_msg_type_to_string(int type) {
@@ -449,6 +450,7 @@ int dedup_proto_validate(const void *buf, size_t len, size_t nfds, const char **
         case DEDUP_MSG_UNMERGE:
         case DEDUP_MSG_UNMERGED:
         case DEDUP_MSG_WRITTEN:
+        case DEDUP_MSG_ZERO_KEPT:
                 return validate_ranges(buf, len, ret_why);
         case DEDUP_MSG_BYE:
                 return 0;

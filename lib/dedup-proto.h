@@ -69,6 +69,7 @@ enum dedup_msg_type {
         DEDUP_MSG_WRITTEN,
         DEDUP_MSG_BYE,
         DEDUP_MSG_ERROR,
+        DEDUP_MSG_ZERO_KEPT,
         _DEDUP_MSG_MAX,
 };
 
@@ -158,8 +159,11 @@ struct dedup_range {
  * UNMERGED reports copy-on-write breaks by guest writes. */
 #define DEDUP_RANGES_F_REPLY 0x1u
 
-/* UNMERGE (daemon → agent), UNMERGED and WRITTEN (agent → daemon).
- * 1..MAX_ENTRIES ranges. */
+/* UNMERGE (daemon → agent), UNMERGED, WRITTEN and ZERO_KEPT (agent →
+ * daemon). 1..MAX_ENTRIES ranges. ZERO_KEPT follows an agent's REGIONs when
+ * it comes back to a (new) daemon: pages it still has merged onto zero
+ * overlays and keeps so, their memfd pages holes; the daemon takes them as
+ * zero pages. */
 struct dedup_msg_ranges {
         struct dedup_msg_header hdr;
         uint32_t count;

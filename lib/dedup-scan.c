@@ -182,6 +182,23 @@ void dedup_engine_page_written(DedupEngine *e, dedup_page_t page) {
         }
 }
 
+int dedup_engine_adopt_zero(DedupEngine *e, dedup_page_t page) {
+        Region *reg;
+        PageSlot *s = engine_slot(e, page, &reg);
+        unsigned st;
+
+        if (!s)
+                return -ENOENT;
+        st = slot_state(s);
+        if (st == DEDUP_PAGE_ZERO)
+                return 0;
+        if (st != DEDUP_PAGE_NEW && st != DEDUP_PAGE_VOLATILE && st != DEDUP_PAGE_UNSTABLE)
+                return -EBUSY;
+        engine_set_state(e, reg, s, DEDUP_PAGE_ZERO);
+        s->w0 = (s->w0 & SLOT_STATE_MASK) | ZERO_NODE << SLOT_NODE_SHIFT;
+        return 0;
+}
+
 static bool is_zero(DedupEngine *e, uint64_t hash, const void *data) {
         static const uint8_t zero[DEDUP_PAGE_SIZE];
 

@@ -219,6 +219,18 @@ int main(int argc, char **argv) {
         expect_refused(fd, "huge entry count");
 
         fd = connect_daemon();
+        hello(fd, getpid(), "hostile-zero-kept");
+        {
+                _Alignas(8) uint8_t buf[sizeof(struct dedup_msg_ranges) + sizeof(struct dedup_range)] = {};
+                struct dedup_msg_ranges *m = (void *) buf;
+                dedup_proto_init_header(&m->hdr, DEDUP_MSG_ZERO_KEPT, sizeof(buf), 2);
+                m->count = 1;
+                m->ranges[0] = (struct dedup_range) { .region_id = 0, .npages = 1 };
+                (void) dedup_proto_send(fd, m, NULL, 0);
+        }
+        expect_refused(fd, "ZERO_KEPT for a region never registered");
+
+        fd = connect_daemon();
         hello(fd, getpid(), "hostile-flood");
         for (int i = 0; i < 10000; i++) {
                 _Alignas(8) uint8_t buf[sizeof(struct dedup_msg_ranges) + sizeof(struct dedup_range)] = {};

@@ -1025,9 +1025,10 @@ static void fake_restart(Fake *f) {
 }
 
 /* A dead daemon's agent comes back to the next daemon by itself: what it
- * kept merged (and what the guest wrote meanwhile) is back in the memfd
- * before the REGION arrives, zero pages as holes; an ERROR means refused,
- * and then it does not come back. */
+ * kept merged on pools (and what the guest wrote meanwhile) is back in the
+ * memfd before the REGION arrives; zero overlays the guest left alone stay
+ * and are reported in ZERO_KEPT after it; an ERROR means refused, and then
+ * it does not come back. */
 START_TEST(test_reconnect) {
         const unsigned N = 64;
         uint8_t want[PAGE], got[PAGE];
@@ -1054,10 +1055,25 @@ START_TEST(test_reconnect) {
         dedup_client_stats s = stats(&e);
         ck_assert_int_eq(s.connected, 1);
         ck_assert_uint_eq(s.reconnects, 1);
-        ck_assert_uint_eq(s.merged_pages, 0);
-        /* Zero pages stayed holes (until read through the mapping, below);
-         * the memfd holds what the guest sees. */
+        ck_assert_uint_eq(s.merged_pages, N - 1);       /* the zero overlay, but for page N + 5 */
+        int fds[DEDUP_PROTO_MAX_FDS];
+        size_t nfds = 0;
+        ck_assert_int_eq(fake_recv_raw(&e.f, 2000, fds, &nfds), DEDUP_MSG_ZERO_KEPT);
+        const struct dedup_msg_ranges *zk = (const void *) e.f.buf;
+        ck_assert_uint_eq(zk->count, 2);
+        ck_assert_uint_eq(zk->ranges[0].offset, (uint64_t) N * PAGE);
+        ck_assert_uint_eq(zk->ranges[0].npages, 5);
+        ck_assert_uint_eq(zk->ranges[1].offset, (uint64_t) (N + 6) * PAGE);
+        ck_assert_uint_eq(zk->ranges[1].npages, N - 6);
+        /* Only the pages re-homed with data are in the memfd; the zero
+         * overlay reads zero memory and still traps writes. */
         ck_assert_uint_eq(memfd_blocks(e.g.memfd), (N + 1) * PAGE / 512);
+        ck_assert(pagemap_entry(e.g.hva + (N + 1) * PAGE) & PM_UFFD_WP);
+        e.g.hva[(N + 1) * PAGE] = 0x11;                 /* a COW break of a kept page */
+        ck_assert_int_eq(fake_wait(&e.f, DEDUP_MSG_UNMERGED, 2000), DEDUP_MSG_UNMERGED);
+        ck_assert_int_eq(pread(e.f.memfd[0], got, 1, (off_t) (N + 1) * PAGE), 1);
+        ck_assert_uint_eq(got[0], 0x11);
+        e.g.hva[(N + 1) * PAGE] = 0;
         for (unsigned p = 0; p < 2 * N; p++) {
                 if (p < N)
                         pattern(want, p);

@@ -62,6 +62,7 @@ sleep 10
 echo "racing: unmerges=$(stat $T/status unmerges) merge_aborts=$(stat $T/status merge_aborts)"
 
 # SIGKILL the daemon mid-merge: guests go on, no writer hangs.
+zero_before=$(stat $T/status zero_pages)
 kill -9 "$DEDUPD_PID"
 before=$(stat $T/a.stats writes)
 sleep 3
@@ -71,14 +72,31 @@ for g in a b c; do
         [ "$(stat $T/$g.stats hangs)" = 0 ] || fail "guest $g reports a hung writer"
 done
 
-# Restart: each agent copies what it kept merged back into its memfd and
-# registers again; the new dedupd merges as much again.
+# reconnected N: every guest has come back N times
+reconnected() {
+        for g in a b c; do
+                wait_for 20 "[ \$(stat $T/$g.stats dedup_reconnects) = $1 ] && [ \$(stat $T/$g.stats dedup_connected) = 1 ]" ||
+                        fail "guest $g did not reconnect: $(grep -o 'dedup_[a-z]*=[0-9]*' $T/$g.stats | tr '\n' ' ')"
+        done
+}
+
+# Restart, not merging: each agent copies what it kept merged on pools
+# back into its memfd, keeps its zero overlays and registers again; the
+# new dedupd counts those as zero pages without scanning anything.
+rm -f "$T/status"
+start_dedupd --run=0
+reconnected 1
+sleep 1
+echo "restarted with Run=0: zero_pages=$(stat $T/status zero_pages) (kept; $zero_before before the kill)" \
+     "pages_sharing=$(stat $T/status pages_sharing)"
+[ "$(stat $T/status zero_pages)" -ge $((zero_before * 8 / 10)) ] || fail "zero overlays not kept across the restart"
+[ "$(stat $T/status pages_sharing)" = 0 ] || fail "a dedupd with Run=0 merged"
+
+# And merging: as much saved again.
+kill "$DEDUPD_PID"; wait "$DEDUPD_PID" 2>/dev/null || true
 rm -f "$T/status"
 start_dedupd --pages-to-scan=4096 --sleep-millisecs=5
-for g in a b c; do
-        wait_for 20 "[ \$(stat $T/$g.stats dedup_reconnects) = 1 ] && [ \$(stat $T/$g.stats dedup_connected) = 1 ]" ||
-                fail "guest $g did not reconnect: $(grep -o 'dedup_[a-z]*=[0-9]*' $T/$g.stats | tr '\n' ' ')"
-done
+reconnected 2
 wait_for 60 "[ \$(( \$(stat $T/status pages_sharing) + \$(stat $T/status zero_pages) )) -ge $want ]" ||
         fail "after the restart saved only $(stat $T/status pages_sharing) sharing + $(stat $T/status zero_pages) zero pages"
 echo "after restart: pages_sharing=$(stat $T/status pages_sharing) zero_pages=$(stat $T/status zero_pages)"

@@ -87,9 +87,10 @@ int main(int argc, char **argv) {
                 r |= write_seed(dir, reply ? "remap-reply" : "remap", 0);
         }
 
-        const enum dedup_msg_type rt[] = { DEDUP_MSG_UNMERGE, DEDUP_MSG_UNMERGED, DEDUP_MSG_WRITTEN };
-        const char *rn[] = { "unmerge", "unmerged", "written" };
-        for (int i = 0; i < 3; i++) {
+        const enum dedup_msg_type rt[] = { DEDUP_MSG_UNMERGE, DEDUP_MSG_UNMERGED, DEDUP_MSG_WRITTEN,
+                                           DEDUP_MSG_ZERO_KEPT };
+        const char *rn[] = { "unmerge", "unmerged", "written", "zero-kept" };
+        for (int i = 0; i < 4; i++) {
                 memset(&buf, 0, sizeof buf);
                 struct dedup_msg_ranges *m = (void *) buf.bytes;
                 dedup_proto_init_header(&m->hdr, rt[i], (uint32_t) dedup_msg_ranges_size(2), 6);

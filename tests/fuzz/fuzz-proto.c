@@ -40,7 +40,8 @@ static void check_accepted(const uint8_t *msg, size_t len) {
         }
         case DEDUP_MSG_UNMERGE:
         case DEDUP_MSG_UNMERGED:
-        case DEDUP_MSG_WRITTEN: {
+        case DEDUP_MSG_WRITTEN:
+        case DEDUP_MSG_ZERO_KEPT: {
                 const struct dedup_msg_ranges *m = (const void *) msg;
                 if (dedup_msg_ranges_size(m->count) != len)
                         __builtin_trap();
