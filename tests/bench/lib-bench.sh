@@ -19,6 +19,7 @@ fi
 if [ -z "${top_builddir:-}" ]; then
         "$srcdir/contrib/quickstart.sh" build
         top_builddir="$srcdir/build"
+        make -s -C "$top_builddir" tests/guest-sim >/dev/null   # a check program
 fi
 export top_builddir
 top_srcdir=$srcdir
