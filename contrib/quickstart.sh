@@ -17,7 +17,7 @@ build="$top/build"
 packages="build-essential autoconf autoconf-archive automake libtool pkg-config
           libsystemd-dev liburing-dev libnuma-dev libxxhash-dev check
           clang libclang-rt-14-dev dbus systemd util-linux python3 strace man-db
-          qemu-system-x86 busybox-static cpio
+          qemu-system-x86 busybox-static cpio debootstrap e2fsprogs
           libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils"
 
 need_root() {

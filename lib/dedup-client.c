@@ -96,7 +96,8 @@
 #endif
 
 #define PAGE DEDUP_PAGE_SIZE
-#define HANDSHAKE_TIMEOUT_MS 5000
+/* Long enough for systemd to start a socket-activated dedupd on a busy host. */
+#define HANDSHAKE_TIMEOUT_MS 30000
 /* Queued outgoing messages beyond this mean the daemon stopped reading:
  * treated like a dead daemon. */
 #define OUT_QUEUE_MAX 4096
