@@ -167,7 +167,10 @@ log "kernel $kver"
 obj=$cache/obj
 [ ! -f "$srcdir/config.status" ] ||
         die "$srcdir is configured in the source tree; build out of tree (e.g. contrib/quickstart.sh build) so build-host can configure its own --prefix=/usr build"
+# A build of another source tree (a cache copied or moved) starts over.
+[ "$(cat "$obj/.srcdir" 2>/dev/null)" = "$srcdir" ] || rm -rf "$obj"
 mkdir -p "$obj"
+echo "$srcdir" >"$obj/.srcdir"
 # shellcheck disable=SC3013 # -nt: dash, bash and busybox sh have it
 if [ ! -f "$obj/Makefile" ] || [ "$srcdir/configure" -nt "$obj/Makefile" ]; then
         log "configuring dedupd --prefix=/usr in $obj"
