@@ -345,13 +345,22 @@ else
 fi
 
 # --- Stop -------------------------------------------------------------------------------
-if run systemctl stop dedupd && [ "$(systemctl is-active dedupd)" = inactive ]; then
-        pass "systemctl stop dedupd: inactive"
+# With dedupd.socket listening, the agents coming back start dedupd again
+# (systemd warns that the socket can still trigger it): stopping dedupd
+# alone is a restart. Stopping it for good takes the socket too.
+if run systemctl stop dedupd; then
+        pass "systemctl stop dedupd: stopped (now $(systemctl is-active dedupd): the VMMs' agents reconnect through dedupd.socket)"
 else
         fail "systemctl stop dedupd: $(systemctl is-active dedupd)"
-        show "$W/out"
 fi
 sims_verified "systemctl stop dedupd"
+if run systemctl stop dedupd.socket dedupd && [ "$(systemctl is-active dedupd)" = inactive ] &&
+        [ "$(systemctl is-active dedupd.socket)" = inactive ]; then
+        pass "systemctl stop dedupd.socket dedupd: both inactive"
+else
+        fail "systemctl stop dedupd.socket dedupd: dedupd $(systemctl is-active dedupd), socket $(systemctl is-active dedupd.socket)"
+fi
+sims_verified "systemctl stop dedupd.socket dedupd"
 # dedupd ran the whole time without systemd killing it (WatchdogSec=30s)
 # or it crashing: only the stops and restarts asked for above. (NRestarts
 # cannot tell: a manual restart resets it.)
