@@ -66,6 +66,9 @@ trap 'exit 130' INT TERM
 
 now() { date +%s.%N; }
 
+# ratio A B: A / B with two decimals, inf when B is 0
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "inf" }'; }
+
 # ticks_s PID: CPU seconds of PID, all its threads, the dead ones too.
 ticks_s() {
         awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
