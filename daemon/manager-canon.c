@@ -114,9 +114,6 @@ int manager_canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t *r
 
         if (m->canon_room == 0)
                 return -ENOSPC;
-        if (m->canon_room != UINT64_MAX)
-                m->canon_room--;
-
         r = pool_for(m, req->group, req->nid, &id);
         if (r < 0)
                 return r;
@@ -130,6 +127,8 @@ int manager_canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t *r
         r = pool_alloc(m->pools[id], hint, &off);
         if (r < 0)
                 return r;
+        if (m->canon_room != UINT64_MAX)
+                m->canon_room--;
         if (m->stage_n && (m->stage_pool != id || m->stage_off + (uint64_t) m->stage_n * DEDUP_PAGE_SIZE != off ||
                            m->stage_n == MANAGER_STAGE_PAGES))
                 (void) manager_canon_sync(m);
@@ -143,19 +142,9 @@ int manager_canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t *r
 }
 
 bool manager_loc_held(Manager *m, uint64_t loc) {
-        for (size_t i = 0; i < m->n_holds; i++) {
-                Hold *h = &m->holds[i];
-                size_t lo = 0, hi = h->n_locs;
-                while (lo < hi) {
-                        size_t mid = (lo + hi) / 2;
-                        if (h->locs[mid] == loc)
-                                return true;
-                        if (h->locs[mid] < loc)
-                                lo = mid + 1;
-                        else
-                                hi = mid;
-                }
-        }
+        for (size_t i = 0; i < m->n_holds; i++)
+                if (bsearch(&loc, m->holds[i].locs, m->holds[i].n_locs, sizeof(uint64_t), cmp_u64))
+                        return true;
         return false;
 }
 
@@ -172,16 +161,10 @@ static int push(uint64_t **v, size_t *n, size_t *cap, uint64_t loc) {
         return 0;
 }
 
-static int cmp_loc(const void *a, const void *b) {
-        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-
-        return x < y ? -1 : x > y;
-}
-
 /* Punch the queue: sorted, locations of one pool are offsets in order, so
  * adjacent pages form runs. */
 static void punch_all(Manager *m) {
-        qsort(m->punch, m->n_punch, sizeof(uint64_t), cmp_loc);
+        qsort(m->punch, m->n_punch, sizeof(uint64_t), cmp_u64);
         for (size_t i = 0, n; i < m->n_punch; i += n) {
                 uint64_t off;
                 Pool *p = manager_loc_pool(m, m->punch[i], &off);

@@ -524,12 +524,6 @@ void vm_fail_inflight(Vm *vm) {
 
 /* Holds */
 
-static int cmp_u64(const void *a, const void *b) {
-        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-
-        return x < y ? -1 : x > y;
-}
-
 static int hold_exited(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         Manager *m = userdata;
 

@@ -15,6 +15,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,3 +57,10 @@ static inline int negative_errno(void) {
 
 /* Out of memory: logged, returns -ENOMEM. */
 #define log_oom() log_error_errno(ENOMEM, "Out of memory.")
+
+/* qsort()/bsearch() order of uint64_t values (pool locations). */
+static inline int cmp_u64(const void *a, const void *b) {
+        uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+        return x < y ? -1 : x > y;
+}
