@@ -34,6 +34,11 @@
  *   page after the previous page of a run), so a run of adjacent duplicate
  *   guest pages maps onto adjacent pool pages with one mmap and one VMA.
  *
+ * - A pool got back after a restart (pool_adopt()) holds pages that agents
+ *   still map but have not reported yet: until pool_trim() it hands out no
+ *   page and punches none. Freeing only clears the page's bit; trimming
+ *   punches every page whose bit is clear.
+ *
  * - Pool pages stay movable: nothing is mlocked or pinned. The NUMA policy is
  *   MPOL_PREFERRED (set on the shmem file's shared policy through the
  *   daemon's mapping before a page is written), so allocation falls back to
@@ -77,6 +82,7 @@ struct Pool {
         uint64_t cursor;        /* every word below it is full */
         uint64_t allocated;     /* bits set */
 
+        bool claiming;          /* adopted, not trimmed yet: see pool_adopt() */
         uint64_t allocs, allocs_hinted, frees;
 };
 
@@ -276,6 +282,7 @@ int pool_adopt(int fd, const PoolConfig *config, Pool **ret) {
                 p->fd = -EBADF;
                 return r;
         }
+        p->claiming = true;
         *ret = TAKE_PTR(p);
         return 0;
 }
@@ -339,6 +346,8 @@ int pool_alloc(Pool *p, uint64_t hint, uint64_t *ret_offset) {
         uint64_t page;
         int r;
 
+        if (p->claiming)
+                return -EBUSY;
         if (hint != POOL_NO_HINT && hint % POOL_PAGE_SIZE == 0 && hint < p->reserve) {
                 page = hint / POOL_PAGE_SIZE;
                 /* A run reaching the end continues into the next chunk. */
@@ -369,6 +378,8 @@ int pool_alloc_run(Pool *p, uint32_t npages, uint64_t *ret_offset) {
 
         if (npages == 0)
                 return -EINVAL;
+        if (p->claiming)
+                return -EBUSY;
 
         for (uint64_t pg = p->cursor * BITS_PER_WORD; pg < cap_pages && run < npages; pg++) {
                 if (pg % BITS_PER_WORD == 0 && p->bits[pg / BITS_PER_WORD] == UINT64_MAX) {
@@ -471,7 +482,7 @@ int pool_free_run(Pool *p, uint64_t offset, uint32_t npages) {
 
         if (!run_allocated(p, offset, npages))
                 return -EINVAL;
-        r = punch(p, offset, (uint64_t) npages * POOL_PAGE_SIZE);
+        r = p->claiming ? 0 : punch(p, offset, (uint64_t) npages * POOL_PAGE_SIZE);
         if (r < 0)
                 return r;
         for (uint32_t i = 0; i < npages; i++)
@@ -504,7 +515,12 @@ int pool_trim(Pool *p) {
                                 return r;
                 }
         }
+        p->claiming = false;
         return 0;
+}
+
+bool pool_is_claiming(const Pool *p) {
+        return p->claiming;
 }
 
 int pool_stats(const Pool *p, PoolStats *ret) {

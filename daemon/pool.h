@@ -62,9 +62,13 @@ int pool_new_full(uint16_t group, int nid, const PoolConfig *config, Pool **ret)
 
 /* Adopt a pool memfd kept across a daemon restart (systemd fd store).
  * Group and node are parsed from the memfd's name; -EINVAL if it is not a
- * pool. Takes ownership of fd only on success. All pages start free: the
- * caller pool_claim()s the ones agents report and then pool_trim()s. */
+ * pool. Takes ownership of fd only on success. All pages start free and the
+ * pool starts *claiming*: agents may still map any page of it, so it
+ * allocates nothing (-EBUSY) and freeing punches nothing, until pool_trim().
+ * The caller pool_claim()s the pages agents report, then trims once no
+ * process maps the pool without having reported. */
 int pool_adopt(int fd, const PoolConfig *config, Pool **ret);
+bool pool_is_claiming(const Pool *pool);
 
 Pool *pool_free(Pool *pool);    /* NULL-safe; returns NULL */
 static inline void pool_freep(Pool **p) {
@@ -115,12 +119,14 @@ bool pool_is_allocated(const Pool *pool, uint64_t offset);
 /* Punch the page out of the memfd and make it free. -EINVAL if it was not
  * allocated. Only for a page no VMM maps any more: punching also zaps the
  * page from every MAP_PRIVATE mapping that has not copied it, and such a
- * mapping would then read zeros. */
+ * mapping would then read zeros. A claiming pool only marks it free: the
+ * punch waits for pool_trim(). */
 int pool_free_page(Pool *pool, uint64_t offset);
 /* The same for npages adjacent allocated pages, with one punch. */
 int pool_free_run(Pool *pool, uint64_t offset, uint32_t npages);
-/* Punch every free page (after a restart, once every agent has reported
- * its merged pages and they were claimed). Returns 0 or -errno. */
+/* Punch every free page and end claiming (after a restart, once every
+ * agent has reported its merged pages and they were claimed). Returns 0 or
+ * -errno (then still claiming). */
 int pool_trim(Pool *pool);
 
 int pool_stats(const Pool *pool, PoolStats *ret);

@@ -76,6 +76,7 @@ static const char *const type_names[_DEDUP_MSG_MAX] = {
         [DEDUP_MSG_BYE] = "BYE",
         [DEDUP_MSG_ERROR] = "ERROR",
         [DEDUP_MSG_ZERO_KEPT] = "ZERO_KEPT",
+        [DEDUP_MSG_MERGED_KEPT] = "MERGED_KEPT",
 };
 
 const char *dedup_msg_type_to_string(int type) {
@@ -268,21 +269,23 @@ static int check_run(const char **ret_why, const char *what, uint32_t i, uint32_
         return 0;
 }
 
-static int validate_remap(const struct dedup_msg_remap *m, size_t len, bool reply, const char **ret_why) {
-        const char *tn = reply ? "REMAP_REPLY" : "REMAP";
+static int validate_remap(const struct dedup_msg_remap *m, size_t len, const char **ret_why) {
+        const char *tn = dedup_msg_type_to_string(m->hdr.type);
+        bool reply = m->hdr.type == DEDUP_MSG_REMAP_REPLY, kept = m->hdr.type == DEDUP_MSG_MERGED_KEPT;
+        uint32_t min = kept && m->flags == DEDUP_KEPT_F_LAST ? 0 : 1;
         char what[32];
         int r;
 
         if (len < sizeof *m)
                 return fail(ret_why, "%s: length %zu shorter than %zu", tn, len, sizeof *m);
-        if (m->count < 1 || m->count > DEDUP_PROTO_MAX_ENTRIES)
-                return fail(ret_why, "%s: count %" PRIu32 " out of range 1..%u", tn, m->count,
+        if (m->flags & ~(kept ? DEDUP_KEPT_F_LAST : 0))
+                return fail(ret_why, "%s: reserved flags 0x%" PRIx32 " set", tn, m->flags);
+        if (m->count < min || m->count > DEDUP_PROTO_MAX_ENTRIES)
+                return fail(ret_why, "%s: count %" PRIu32 " out of range %" PRIu32 "..%u", tn, m->count, min,
                             DEDUP_PROTO_MAX_ENTRIES);
         if (len != dedup_msg_remap_size(m->count))
                 return fail(ret_why, "%s: length %zu does not match count %" PRIu32 " (%zu)", tn, len, m->count,
                             dedup_msg_remap_size(m->count));
-        if (m->flags != 0)
-                return fail(ret_why, "%s: reserved flags 0x%" PRIx32 " set", tn, m->flags);
 
         snprintf(what, sizeof what, "%s entry", tn);
         for (uint32_t i = 0; i < m->count; i++) {
@@ -291,6 +294,8 @@ static int validate_remap(const struct dedup_msg_remap *m, size_t len, bool repl
                 r = check_run(ret_why, what, i, e->npages, e->offset);
                 if (r < 0)
                         return r;
+                if (kept && e->pool_id != 0)
+                        return fail(ret_why, "%s %" PRIu32 ": pool_id %" PRIu32 " set", what, i, e->pool_id);
                 if (e->pool_id == DEDUP_POOL_ZERO) {
                         if (e->pool_offset != 0)
                                 return fail(ret_why, "%s %" PRIu32 ": zero overlay with pool_offset 0x%" PRIx64,
@@ -312,7 +317,9 @@ static int validate_remap(const struct dedup_msg_remap *m, size_t len, bool repl
 static int validate_ranges(const struct dedup_msg_ranges *m, size_t len, const char **ret_why) {
         const char *tn = dedup_msg_type_to_string(m->hdr.type);
         char what[32];
-        uint32_t allowed = m->hdr.type == DEDUP_MSG_UNMERGED ? DEDUP_RANGES_F_REPLY : 0;
+        uint32_t allowed = m->hdr.type == DEDUP_MSG_UNMERGED ? DEDUP_RANGES_F_REPLY | DEDUP_RANGES_F_KEPT
+                           : m->hdr.type == DEDUP_MSG_UNMERGE ? DEDUP_RANGES_F_KEPT
+                                                               : 0;
         int r;
 
         if (len < sizeof *m)
@@ -446,7 +453,8 @@ int dedup_proto_validate(const void *buf, size_t len, size_t nfds, const char **
         }
         case DEDUP_MSG_REMAP:
         case DEDUP_MSG_REMAP_REPLY:
-                return validate_remap(buf, len, hdr.type == DEDUP_MSG_REMAP_REPLY, ret_why);
+        case DEDUP_MSG_MERGED_KEPT:
+                return validate_remap(buf, len, ret_why);
         case DEDUP_MSG_UNMERGE:
         case DEDUP_MSG_UNMERGED:
         case DEDUP_MSG_WRITTEN:

@@ -23,6 +23,12 @@
  *                    WRITTEN (a write hit a page the daemon had protected)
  *   either           BYE, then close
  *
+ * Back after a daemon restart, an agent sends after its REGIONs what it
+ * still has merged: ZERO_KEPT (zero overlays) and MERGED_KEPT (pages mapped
+ * from the previous daemon's pools, which the new one got back from
+ * systemd's fd store). The daemon answers pages it cannot take with an
+ * UNMERGE flagged DEDUP_RANGES_F_KEPT.
+ *
  * Sequence numbers: each side numbers the messages it originates, from 1.
  * An answer (WELCOME or ERROR to HELLO, REMAP_REPLY, the UNMERGED answering
  * an UNMERGE) carries the seq of the message it answers. seq is never
@@ -70,6 +76,7 @@ enum dedup_msg_type {
         DEDUP_MSG_BYE,
         DEDUP_MSG_ERROR,
         DEDUP_MSG_ZERO_KEPT,
+        DEDUP_MSG_MERGED_KEPT,
         _DEDUP_MSG_MAX,
 };
 
@@ -139,7 +146,17 @@ enum {
 };
 
 /* REMAP (daemon → agent) and REMAP_REPLY (agent → daemon: same entries in
- * the same order, status filled, seq = the REMAP's). 1..MAX_ENTRIES entries. */
+ * the same order, status filled, seq = the REMAP's). 1..MAX_ENTRIES entries.
+ *
+ * MERGED_KEPT (agent → daemon) uses the same layout: each entry a run of
+ * guest pages still mapped from consecutive pages of a pool of the previous
+ * daemon, named by its inode number in cookie (st_ino of the pool fd; the
+ * new daemon's pool ids mean nothing to the agent yet); pool_id and status
+ * are 0. The agent sends 0..MAX_ENTRIES entries per message and flags the
+ * last message DEDUP_KEPT_F_LAST (possibly with no entry): until then the
+ * daemon must not punch any page of the pools it got back. */
+#define DEDUP_KEPT_F_LAST 0x1u
+
 struct dedup_msg_remap {
         struct dedup_msg_header hdr;
         uint32_t count;
@@ -158,6 +175,9 @@ struct dedup_range {
  * now backed by the memfd again (or was not merged). Without the flag an
  * UNMERGED reports copy-on-write breaks by guest writes. */
 #define DEDUP_RANGES_F_REPLY 0x1u
+/* On an UNMERGE: pages of a MERGED_KEPT the daemon did not take; the agent
+ * copies them back into the memfd and echoes the flag on its reply. */
+#define DEDUP_RANGES_F_KEPT 0x2u
 
 /* UNMERGE (daemon → agent), UNMERGED, WRITTEN and ZERO_KEPT (agent →
  * daemon). 1..MAX_ENTRIES ranges. ZERO_KEPT follows an agent's REGIONs when

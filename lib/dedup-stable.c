@@ -343,6 +343,64 @@ int stable_migrate_all(DedupEngine *e) {
         return 0;
 }
 
+/* The canonical page at loc among match (a plain node or a chain's dups),
+ * or NODE_NONE. */
+static uint32_t node_at(const DedupEngine *e, uint32_t match, uint64_t loc) {
+        if (match == NODE_NONE)
+                return NODE_NONE;
+        if (e->nodes[match].kind == NODE_PLAIN)
+                return e->nodes[match].loc == loc ? match : NODE_NONE;
+        for (uint32_t d = e->nodes[match].head; d != NODE_NONE; d = e->nodes[d].next_dup)
+                if (e->nodes[d].loc == loc)
+                        return d;
+        return NODE_NONE;
+}
+
+int dedup_engine_adopt_merged(DedupEngine *e, dedup_page_t page, uint64_t loc, const void *data, int nid) {
+        Region *reg;
+        PageSlot *s = engine_slot(e, page, &reg);
+        uint32_t match, target, idx;
+        unsigned st;
+        uint64_t hash;
+        Tree *t;
+        int r;
+
+        if (!s)
+                return -ENOENT;
+        st = slot_state(s);
+        if (st != DEDUP_PAGE_NEW && st != DEDUP_PAGE_VOLATILE && st != DEDUP_PAGE_UNSTABLE)
+                return -EBUSY;
+        if (loc == DEDUP_LOC_ZERO || loc == LOC_NONE)
+                return -EINVAL;
+
+        hash = engine_hash(e, data);
+        t = engine_tree(e, e->vms[reg->vm].group, nid, true);
+        if (!t)
+                return -ENOMEM;
+        r = stable_search(e, t, hash, data, false, &match, &target);
+        if (r < 0)
+                return r;
+        idx = node_at(e, match, loc);
+        if (idx == NODE_NONE) {
+                /* First sharer reported: the canonical page joins the tree,
+                 * as a dup if the tree has its content elsewhere. */
+                r = stable_node_alloc(e, &idx);
+                if (r < 0)
+                        return r;
+                e->nodes[idx].hash = hash;
+                e->nodes[idx].loc = loc;
+                r = stable_insert(e, t, idx, match);
+                if (r < 0) {
+                        node_release(e, idx);
+                        return r;
+                }
+        } else if (!stable_has_room(e, &e->nodes[idx]))
+                return -ENOSPC;
+        engine_set_state(e, reg, s, DEDUP_PAGE_MERGED);
+        stable_add_sharer(e, idx, page, s);
+        return 0;
+}
+
 void stable_add_sharer(DedupEngine *e, uint32_t idx, dedup_page_t page, PageSlot *s) {
         StableNode *n = &e->nodes[idx];
 

@@ -186,6 +186,12 @@ int backend_init(Backend *b, uint32_t npages) {
         return dedup_engine_new(&backend_ops, b, &b->e);
 }
 
+int backend_restart(Backend *b) {
+        dedup_engine_free(b->e);
+        b->e = NULL;
+        return dedup_engine_new(&backend_ops, b, &b->e);
+}
+
 void backend_done(Backend *b) {
         dedup_engine_free(b->e);
         free(b->cid);

@@ -38,6 +38,9 @@ typedef struct Backend {
 void content_fill(uint64_t cid, void *buf);
 int backend_init(Backend *b, uint32_t npages);
 void backend_done(Backend *b);
+/* The daemon restarts: a new engine, with no VM, over the same guest
+ * mappings and canonical pages (which the VMMs and the fd store kept). */
+int backend_restart(Backend *b);
 /* What the page shows now (the guest's view). */
 uint64_t backend_visible(const Backend *b, dedup_page_t page);
 /* Guest write: the page shows cid from now on. */

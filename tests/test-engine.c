@@ -319,6 +319,81 @@ START_TEST(test_chain_at_limit) {
 }
 END_TEST
 
+/* A restarted daemon rebuilds its trees from what the VMMs report they map:
+ * same counters, chains and dups as before, and the adopted canonical pages
+ * are freed when their last sharer leaves. */
+START_TEST(test_adopt_merged) {
+        const uint16_t groups[6] = { 0, 0, 0, 0, 0, 1 };
+        DedupEngineStats before;
+        uint8_t data[DEDUP_PAGE_SIZE];
+        uint64_t loc;
+
+        setup_vms(6, 4, groups);
+        ck_assert_int_eq(dedup_engine_set_max_page_sharing(B.e, 3), 0);
+        for (uint32_t p = 0; p < 24; p++)
+                B.cid[p] = p % 4 == 3 ? 0 : p % 4 == 2 ? 500 + p : 77 + p % 4;
+        scan_all(3);
+        before = S;
+        ck_assert_uint_gt(before.stable_node_chains, 0);
+        ck_assert_uint_gt(before.zero_pages, 0);
+
+        ck_assert_int_eq(backend_restart(&B), 0);
+        for (uint32_t v = 0; v < 6; v++) {
+                uint32_t vm;
+                dedup_page_t first;
+                ck_assert_int_eq(dedup_engine_add_vm(B.e, groups[v], &vm), 0);
+                ck_assert_int_eq(dedup_engine_add_region(B.e, vm, 4, &first), 0);
+        }
+        ck_assert_int_eq(dedup_engine_set_max_page_sharing(B.e, 3), 0);
+        for (dedup_page_t p = 0; p < 24; p++) {
+                if (B.map[p] == BE_ZERO)
+                        ck_assert_int_eq(dedup_engine_adopt_zero(B.e, p), 0);
+                if (B.map[p] != BE_CANON)
+                        continue;
+                content_fill(backend_visible(&B, p), data);
+                ck_assert_int_eq(dedup_engine_adopt_merged(B.e, p, B.mapped_loc[p], data, 0), 0);
+                /* A page is adopted once. */
+                ck_assert_int_eq(dedup_engine_adopt_merged(B.e, p, B.mapped_loc[p], data, 0), -EBUSY);
+        }
+        verify();
+        ck_assert_uint_eq(S.pages_shared, before.pages_shared);
+        ck_assert_uint_eq(S.pages_sharing, before.pages_sharing);
+        ck_assert_uint_eq(S.stable_node_chains, before.stable_node_chains);
+        ck_assert_uint_eq(S.stable_node_dups, before.stable_node_dups);
+        ck_assert_uint_eq(S.zero_pages, before.zero_pages);
+
+        /* A full canonical page takes no more sharers (page 2 is unique,
+         * refusing it leaves it to the scanner), zero memory is no loc. */
+        loc = UINT64_MAX;
+        for (dedup_page_t p = 0, n; p < 20 && loc == UINT64_MAX; p++) {
+                n = 0;
+                for (dedup_page_t q = 0; q < 20; q++)
+                        n += B.map[q] == BE_CANON && B.mapped_loc[q] == B.mapped_loc[p];
+                if (B.map[p] == BE_CANON && n == 3) {
+                        loc = B.mapped_loc[p];
+                        content_fill(backend_visible(&B, p), data);
+                }
+        }
+        ck_assert(loc != UINT64_MAX);
+        ck_assert_int_eq(dedup_engine_adopt_merged(B.e, 2, loc, data, 0), -ENOSPC);
+        ck_assert_int_eq(dedup_engine_adopt_merged(B.e, 2, DEDUP_LOC_ZERO, data, 0), -EINVAL);
+        verify();
+
+        /* The trees work as before: a new VM-0 twin merges at once, writes
+         * free the adopted pages, and everything unmerges. */
+        scan_all(2);
+        ck_assert_uint_eq(S.pages_sharing, before.pages_sharing);
+        for (dedup_page_t p = 0; p < 24; p += 4)
+                backend_write(&B, p, 9000 + p);
+        verify();
+        while (dedup_engine_unmerge_all(B.e, 5) > 0)
+                ;
+        verify();
+        ck_assert_uint_eq(S.pages_shared, 0);
+        ck_assert_uint_eq(B.live_canon, 0);
+}
+END_TEST
+
 START_TEST(test_ebusy_rules) {
         setup_vms(2, 4, NULL);
         ck_assert_int_eq(dedup_engine_set_max_page_sharing(B.e, 1), -EINVAL);
@@ -559,6 +634,7 @@ int main(void) {
                 { "zero_pages", test_zero_pages, 10 },
                 { "groups_isolated", test_groups_isolated, 10 },
                 { "chain_at_limit", test_chain_at_limit, 10 },
+                { "adopt_merged", test_adopt_merged, 10 },
                 { "ebusy_rules", test_ebusy_rules, 10 },
                 { "numa_trees_and_migration", test_numa_trees_and_migration, 10 },
                 { "async_abort", test_async_abort, 10 },

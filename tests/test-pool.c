@@ -429,12 +429,22 @@ START_TEST(test_adopt) {
         ck_assert_uint_eq(s.pages_allocated, 0);
         ck_assert_uint_eq(s.bytes_used, 100 * PS);
 
-        /* Agents report pages 10..19 in use. */
-        for (uint64_t i = 10; i < 20; i++)
+        /* Claiming: agents may map any page, so nothing is handed out and
+         * nothing punched until the trim. */
+        ck_assert(pool_is_claiming(q));
+        ck_assert_int_eq(pool_alloc(q, POOL_NO_HINT, &off), -EBUSY);
+        ck_assert_int_eq(pool_alloc_run(q, 2, &off), -EBUSY);
+
+        /* Agents report pages 10..20 in use; 20's sharer leaves at once. */
+        for (uint64_t i = 10; i <= 20; i++)
                 ck_assert_int_eq(pool_claim(q, i * PS), 0);
         ck_assert_int_eq(pool_claim(q, 10 * PS), -EBUSY);
         ck_assert_int_eq(pool_claim(q, 1), -EINVAL);
+        ck_assert_int_eq(pool_free_page(q, 20 * PS), 0);
+        ck_assert_int_eq(pool_stats(q, &s), 0);
+        ck_assert_uint_eq(s.bytes_used, 100 * PS);
         ck_assert_int_eq(pool_trim(q), 0);
+        ck_assert(!pool_is_claiming(q));
         ck_assert_int_eq(pool_stats(q, &s), 0);
         ck_assert_uint_eq(s.bytes_used, 10 * PS);
         for (uint64_t i = 10; i < 20; i++) {

@@ -509,6 +509,37 @@ START_TEST(test_validate_remap) {
 }
 END_TEST
 
+/* MERGED_KEPT: REMAP's layout, pool_id 0 (the pool is named by the inode in
+ * cookie), and only the last message may be empty. */
+START_TEST(test_validate_merged_kept) {
+        static Buf b;
+        struct dedup_msg_remap *m = (void *) &b;
+        size_t len = build_remap(&b, 6, false);
+
+        m->hdr.type = DEDUP_MSG_MERGED_KEPT;
+        for (uint32_t i = 0; i < m->count; i++)
+                m->entries[i].pool_id = 0;
+        accept_msg(m, len, 0);
+        m->flags = DEDUP_KEPT_F_LAST;
+        accept_msg(m, len, 0);
+        m->flags = 2;
+        reject(m, len, 0, "MERGED_KEPT: reserved flags 0x2 set");
+        m->flags = 0;
+        m->entries[3].pool_id = 2;
+        reject(m, len, 0, "MERGED_KEPT entry 3: pool_id 2 set");
+        m->entries[3].pool_id = 0;
+        m->entries[3].status = 1;
+        reject(m, len, 0, "MERGED_KEPT entry 3: status 1 invalid");
+
+        len = dedup_msg_remap_size(0);
+        m->count = 0;
+        m->hdr.length = (uint32_t) len;
+        reject(m, len, 0, "MERGED_KEPT: count 0 out of range 1..1024");
+        m->flags = DEDUP_KEPT_F_LAST;
+        accept_msg(m, len, 0);
+}
+END_TEST
+
 START_TEST(test_validate_ranges) {
         static Buf b;
         struct dedup_msg_ranges *m = (void *) &b;
@@ -519,16 +550,22 @@ START_TEST(test_validate_ranges) {
         reject(m, len, 1, "UNMERGE: 1 fds attached");
         m->flags = DEDUP_RANGES_F_REPLY;
         reject(m, len, 0, "UNMERGE: reserved flags 0x1 set");
+        m->flags = DEDUP_RANGES_F_KEPT;
+        accept_msg(m, len, 0);
 
         len = build_ranges(&b, DEDUP_MSG_UNMERGED, 4);
         m->flags = DEDUP_RANGES_F_REPLY;
         accept_msg(m, len, 0);
-        m->flags = 2;
-        reject(m, len, 0, "UNMERGED: reserved flags 0x2 set");
+        m->flags = DEDUP_RANGES_F_REPLY | DEDUP_RANGES_F_KEPT;
+        accept_msg(m, len, 0);
+        m->flags = 4;
+        reject(m, len, 0, "UNMERGED: reserved flags 0x4 set");
 
         len = build_ranges(&b, DEDUP_MSG_WRITTEN, 4);
         m->flags = DEDUP_RANGES_F_REPLY;
         reject(m, len, 0, "WRITTEN: reserved flags 0x1 set");
+        m->flags = DEDUP_RANGES_F_KEPT;
+        reject(m, len, 0, "WRITTEN: reserved flags 0x2 set");
 
         len = build_ranges(&b, DEDUP_MSG_WRITTEN, 4);
         m->ranges[2].npages = 0;
@@ -792,6 +829,7 @@ static Suite *proto_suite(void) {
                 { "validate-region", test_validate_region },
                 { "validate-pool", test_validate_pool },
                 { "validate-remap", test_validate_remap },
+                { "validate-merged-kept", test_validate_merged_kept },
                 { "validate-ranges", test_validate_ranges },
                 { "recv-truncated-oversized", test_recv_truncated_and_oversized },
                 { "recv-excess-fds", test_recv_excess_fds },
