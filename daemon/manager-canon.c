@@ -63,11 +63,14 @@ int manager_canon_read(void *ud, uint64_t loc, void *buf) {
         return p ? pool_read(p, off, buf) : -ENOENT;
 }
 
+/* A pool of the previous run still claiming hands out no page: new pages
+ * of its group and node go to a pool of this run meanwhile. */
 static int pool_for(Manager *m, uint16_t group, int nid, uint16_t *ret_id) {
         int r;
 
         for (uint16_t i = 0; i < m->n_pools; i++)
-                if ((int) i != m->zero_pool && pool_group(m->pools[i]) == group && pool_nid(m->pools[i]) == nid) {
+                if ((int) i != m->zero_pool && pool_group(m->pools[i]) == group && pool_nid(m->pools[i]) == nid &&
+                    !pool_is_claiming(m->pools[i])) {
                         *ret_id = i;
                         return 0;
                 }

@@ -410,8 +410,7 @@ void vm_handle_remap_reply(Vm *vm, const struct dedup_msg_remap *msg) {
         }
 }
 
-/* The region of a range the agent sent, or NULL if it lies outside. */
-static VmRegion *range_region(Vm *vm, const struct dedup_range *rg) {
+VmRegion *vm_range_region(Vm *vm, const struct dedup_range *rg) {
         for (unsigned j = 0; j < vm->n_regions; j++)
                 if (vm->regions[j].id == rg->region_id)
                         return rg->offset / DEDUP_PAGE_SIZE + rg->npages > vm->regions[j].npages ? NULL
@@ -423,9 +422,12 @@ void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg) {
         Manager *m = vm->manager;
         bool unmerged = msg->hdr.type == DEDUP_MSG_UNMERGED;
 
+        if (unmerged && (msg->flags & DEDUP_RANGES_F_KEPT))
+                vm->kept_replied_seq = msg->hdr.seq;
+
         for (uint32_t i = 0; i < msg->count; i++) {
                 const struct dedup_range *rg = &msg->ranges[i];
-                VmRegion *reg = range_region(vm, rg);
+                VmRegion *reg = vm_range_region(vm, rg);
 
                 if (!reg)
                         return vm_disconnect(vm, EINVAL, "range outside its region");
@@ -438,45 +440,6 @@ void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg) {
                                 dedup_engine_unmerge_done(m->engine, page, 0);
                         else
                                 dedup_engine_page_written(m->engine, page);
-                }
-        }
-}
-
-/* Take pages [first, +n) of reg as zero pages, unless busy. */
-static void adopt_zero(Manager *m, VmRegion *reg, uint64_t first, uint64_t n) {
-        for (uint64_t p = first; p < first + n; p++)
-                (void) dedup_engine_adopt_zero(m->engine, reg->first + (dedup_page_t) p);
-}
-
-/* An agent back after a restart keeps its zero overlays: take them as zero
- * pages where their memfd pages are holes. Where the memfd holds data, the
- * guest wrote the page after the agent sent this (its UNMERGED follows), or
- * the agent lies: either way the page is left to the scanner. */
-void vm_handle_zero_kept(Vm *vm, const struct dedup_msg_ranges *msg) {
-        Manager *m = vm->manager;
-
-        for (uint32_t i = 0; i < msg->count; i++) {
-                const struct dedup_range *rg = &msg->ranges[i];
-                VmRegion *reg = range_region(vm, rg);
-                uint64_t pos, end;
-
-                if (!reg)
-                        return vm_disconnect(vm, EINVAL, "range outside its region");
-                pos = rg->offset / DEDUP_PAGE_SIZE;
-                end = pos + rg->npages;
-                while (pos < end) {
-                        off_t base = (off_t) reg->memfd_offset, d, h;
-                        uint64_t data;
-
-                        d = lseek(reg->memfd, base + (off_t) (pos * DEDUP_PAGE_SIZE), SEEK_DATA);
-                        data = d < 0 ? end : MIN(end, (uint64_t) (d - base) / DEDUP_PAGE_SIZE);
-                        adopt_zero(m, reg, pos, data - pos);
-                        if (data >= end)
-                                break;
-                        h = lseek(reg->memfd, d, SEEK_HOLE);
-                        if (h < 0)
-                                break;
-                        pos = DIV_ROUND_UP((uint64_t) (h - base), DEDUP_PAGE_SIZE);
                 }
         }
 }

@@ -191,6 +191,7 @@ static int scan_tick(sd_event_source *s, uint64_t usec, void *userdata) {
 
         unmerge_paused(m);
         manager_check_memory(m);
+        manager_settle_pools(m);
         if (m->run == 1)
                 r = scan_batch(m);
         else if (m->run == 2)

@@ -335,6 +335,9 @@ static int vm_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         case DEDUP_MSG_ZERO_KEPT:
                 vm_handle_zero_kept(vm, (const void *) buf);
                 break;
+        case DEDUP_MSG_MERGED_KEPT:
+                vm_handle_merged_kept(vm, (const void *) buf);
+                break;
         case DEDUP_MSG_BYE:
                 log_info("VM '%s' said goodbye", vm->name);
                 vm_disconnect(vm, 0, NULL);

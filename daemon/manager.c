@@ -119,32 +119,46 @@ static int on_accept(sd_event_source *s, int fd, uint32_t revents, void *userdat
         return 0;
 }
 
+/* A pool memfd of a previous run, from systemd's fd store: keep it, claiming
+ * (pool.h), for the agents to report what they still map of it. The zero
+ * pool is not adopted: agents put their zero runs back as holes. */
+static void adopt_pool(Manager *m, int fd, const char *name) {
+        Pool *p = NULL;
+        int r = m->n_pools < MANAGER_MAX_POOLS ? pool_adopt(fd, NULL, &p) : -ENOSPC;
+
+        if (r >= 0 && pool_group(p) != UINT16_MAX) {
+                log_info("Pool '%s' of the previous run kept: its pages stay merged as VMMs report them",
+                         pool_name(p));
+                m->pools[m->n_pools++] = p;
+                m->n_claiming++;
+                return;
+        }
+        if (r < 0)
+                log_warning_errno(r, "Cannot take back pool memfd '%s' from the fd store, releasing it: %m", name);
+        pool_free(p);
+        if (r < 0)
+                close(fd);
+        (void) sd_notifyf(false, "FDSTOREREMOVE=1\nFDNAME=%s", name);
+}
+
 /* The registration socket among the fds systemd passed: dedupd.socket's,
  * next to pool memfds of a previous run from the fd store; -ENOENT if none. */
-static int passed_socket(void) {
+static int passed_socket(Manager *m) {
         char **names = NULL;
-        int n, fd = -ENOENT, pools = 0;
+        int n, fd = -ENOENT;
 
         n = sd_listen_fds_with_names(true, &names);
         for (int i = 0; i < n; i++) {
                 int f = SD_LISTEN_FDS_START + i;
-                if (names && names[i] && strncmp(names[i], "pool-", 5) == 0) {
-                        /* Agents re-home what they mapped from these and
-                         * register again: drop them from systemd's store
-                         * too, or their pages would outlive every user. */
-                        pools++;
-                        (void) sd_notifyf(false, "FDSTOREREMOVE=1\nFDNAME=%s", names[i]);
-                        close(f);
-                } else if (fd < 0 && sd_is_socket_unix(f, SOCK_SEQPACKET, 1, NULL, 0) > 0)
+                if (names && names[i] && strncmp(names[i], "pool-", 5) == 0)
+                        adopt_pool(m, f, names[i]);
+                else if (fd < 0 && sd_is_socket_unix(f, SOCK_SEQPACKET, 1, NULL, 0) > 0)
                         fd = f;
                 else {
                         log_warning("Ignoring fd %d ('%s') passed by systemd", f, names && names[i] ? names[i] : "?");
                         close(f);
                 }
         }
-        if (pools)
-                log_info("%d pool memfds of a previous run passed back and released: VMMs re-home their "
-                         "merged pages when they reconnect, this run merges afresh", pools);
         for (int i = 0; names && i < n; i++)
                 free(names[i]);
         free(names);
@@ -156,7 +170,7 @@ int manager_listen(Manager *m, const char *path) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         int fd, r;
 
-        fd = passed_socket();
+        fd = passed_socket(m);
         m->socket_path = strdup(fd >= 0 ? "the socket passed by systemd" : path);
         if (!m->socket_path)
                 return -ENOMEM;
@@ -311,12 +325,13 @@ static int status_tick(sd_event_source *s, uint64_t usec, void *userdata) {
 }
 
 /* Hand a new pool's memfd to systemd's fd store (FileDescriptorStoreMax=
- * in dedupd.service), so a restarted dedupd can get its pools back. */
+ * in dedupd.service), so a restarted dedupd can get its pools back. Named
+ * by inode: unique across runs, whatever ids later runs give the pool. */
 void manager_store_pool(Manager *m, unsigned id) {
         char msg[64];
         int fd = pool_fd(m->pools[id]), r;
 
-        snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=pool-%u", id);
+        snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=pool-%llu", (unsigned long long) pool_ino(m->pools[id]));
         r = sd_pid_notify_with_fds(0, false, msg, &fd, 1);
         if (r < 0)
                 log_debug_errno(r, "Cannot store pool %u with systemd: %m", id);
@@ -363,7 +378,8 @@ void manager_write_status(Manager *m) {
                 "run=%u\nvms=%u\npages_shared=%llu\npages_sharing=%llu\npages_unshared=%llu\npages_volatile=%llu\n"
                 "pages_scanned=%llu\nfull_scans=%llu\nstable_node_chains=%llu\nstable_node_dups=%llu\n"
                 "zero_pages=%llu\nmerge_aborts=%llu\nunmerges=%llu\npages_pending=%llu\nmetadata_bytes=%llu\n"
-                "saved_bytes=%llu\npunched_pages=%llu\npools=%u\nholds=%zu\nmemory_limited=%d\n",
+                "saved_bytes=%llu\npunched_pages=%llu\npools=%u\nholds=%zu\nmemory_limited=%d\n"
+                "pools_claiming=%u\nkept_pages=%llu\n",
                 m->run, nvms, (unsigned long long) st.pages_shared, (unsigned long long) st.pages_sharing,
                 (unsigned long long) st.pages_unshared, (unsigned long long) st.pages_volatile,
                 (unsigned long long) st.pages_scanned, (unsigned long long) st.full_scans,
@@ -372,7 +388,8 @@ void manager_write_status(Manager *m) {
                 (unsigned long long) st.unmerges, (unsigned long long) st.pages_pending,
                 (unsigned long long) st.metadata_bytes,
                 (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE),
-                (unsigned long long) m->punched_pages, m->n_pools, m->n_holds, m->memory_limited);
+                (unsigned long long) m->punched_pages, m->n_pools, m->n_holds, m->memory_limited,
+                m->n_claiming, (unsigned long long) m->kept_pages);
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];
                 DedupVmStats vs;

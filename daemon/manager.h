@@ -97,6 +97,11 @@ struct Vm {
         size_t cap_inflight;
         uint64_t remaps_sent, remaps_done, remaps_aborted;
         char reason[128];               /* VM-wide reason merging stopped, "" if none */
+        /* Restart (manager-restart.c): the agent sent its last MERGED_KEPT;
+         * seq of our last UNMERGE of pages we did not take, and of the last
+         * one it answered. */
+        bool kept_done;
+        uint32_t kept_refused_seq, kept_replied_seq;
 };
 
 /* Canonical pages still mapped by a VMM that the daemon no longer talks to
@@ -175,6 +180,9 @@ struct Manager {
         char *status_file;
         sd_event_source *status_timer;
         uint64_t punched_pages;
+        unsigned n_claiming;            /* pools of the previous run not settled (manager-restart.c) */
+        uint64_t settle_checked_us;
+        uint64_t kept_pages;            /* merged pages taken over from the previous run */
         uint8_t buf_a[512 * DEDUP_PAGE_SIZE] __attribute__((aligned(64)));
         uint8_t buf_b[512 * DEDUP_PAGE_SIZE] __attribute__((aligned(64)));
 };
@@ -223,7 +231,8 @@ void manager_check_memory(Manager *m);
 int manager_flush(Manager *m);
 void vm_handle_remap_reply(Vm *vm, const struct dedup_msg_remap *msg);
 void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg);
-void vm_handle_zero_kept(Vm *vm, const struct dedup_msg_ranges *msg);
+/* The region a range the agent sent lies in, or NULL. */
+VmRegion *vm_range_region(Vm *vm, const struct dedup_range *rg);
 void vm_fail_inflight(Vm *vm);
 /* Count the VMM's VMAs (at most every 100 ms, else -EAGAIN), in-flight
  * remaps included, and take that as the budget's estimate. */
@@ -240,6 +249,13 @@ void manager_bus_vm_removed(Manager *m, Vm *vm);
 void manager_bus_check_vms(Manager *m);
 void manager_bus_property_changed(Manager *m, const char *property);
 void manager_bus_free(Manager *m);
+
+/* manager-restart.c: what agents keep merged across a restart */
+void vm_handle_zero_kept(Vm *vm, const struct dedup_msg_ranges *msg);
+void vm_handle_merged_kept(Vm *vm, const struct dedup_msg_remap *msg);
+/* Trim the pools of the previous run that every mapper has reported
+ * (checked at most once a second). */
+void manager_settle_pools(Manager *m);
 
 /* manager-scan.c */
 int manager_schedule_scan(Manager *m);

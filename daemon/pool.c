@@ -82,6 +82,7 @@ struct Pool {
         uint64_t cursor;        /* every word below it is full */
         uint64_t allocated;     /* bits set */
 
+        ino_t ino;              /* of the memfd: how agents name it after a restart */
         bool claiming;          /* adopted, not trimmed yet: see pool_adopt() */
         uint64_t allocs, allocs_hinted, frees;
 };
@@ -177,6 +178,7 @@ static int pool_make(int fd, uint16_t group, int nid, const char *name, const Po
         uint64_t chunk = config && config->chunk_bytes ? config->chunk_bytes : POOL_DEFAULT_CHUNK;
         uint64_t reserve = config && config->reserve_bytes ? config->reserve_bytes : POOL_DEFAULT_RESERVE;
         char path[64];
+        struct stat st;
         void *base;
 
         chunk = ALIGN_TO(chunk, POOL_MIN_CHUNK);
@@ -201,9 +203,10 @@ static int pool_make(int fd, uint16_t group, int nid, const char *name, const Po
 
         snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
         p->ro_fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (p->ro_fd < 0)
+        if (p->ro_fd < 0 || fstat(fd, &st) < 0)
                 return negative_errno();
 
+        p->ino = st.st_ino;
         p->fd = fd;
         *ret = TAKE_PTR(p);
         return 0;
@@ -417,7 +420,8 @@ int pool_claim(Pool *p, uint64_t offset) {
 
         if (offset % POOL_PAGE_SIZE != 0)
                 return -EINVAL;
-        if (offset >= p->reserve)
+        /* An adopted pool has all the pages anybody can map. */
+        if (offset >= (p->claiming ? p->capacity : p->reserve))
                 return -ERANGE;
         if (offset >= p->capacity) {
                 r = pool_grow(p, round_up(offset + POOL_PAGE_SIZE, p->chunk));
@@ -517,6 +521,10 @@ int pool_trim(Pool *p) {
         }
         p->claiming = false;
         return 0;
+}
+
+ino_t pool_ino(const Pool *p) {
+        return p->ino;
 }
 
 bool pool_is_claiming(const Pool *p) {

@@ -69,6 +69,8 @@ int pool_new_full(uint16_t group, int nid, const PoolConfig *config, Pool **ret)
  * process maps the pool without having reported. */
 int pool_adopt(int fd, const PoolConfig *config, Pool **ret);
 bool pool_is_claiming(const Pool *pool);
+/* The memfd's inode number: agents name a pool by it after a restart. */
+ino_t pool_ino(const Pool *pool);
 
 Pool *pool_free(Pool *pool);    /* NULL-safe; returns NULL */
 static inline void pool_freep(Pool **p) {
@@ -99,7 +101,8 @@ int pool_alloc(Pool *pool, uint64_t hint, uint64_t *ret_offset);
 /* Allocate npages adjacent pages (first fit; grows when needed). */
 int pool_alloc_run(Pool *pool, uint32_t npages, uint64_t *ret_offset);
 /* Mark a given page allocated (restart: an agent reports it maps it).
- * -EBUSY if already allocated, -ERANGE past the reservation. */
+ * -EBUSY if already allocated, -ERANGE past the reservation (past the
+ * memfd's size while claiming). */
 int pool_claim(Pool *pool, uint64_t offset);
 /* Copy POOL_PAGE_SIZE bytes into an allocated page (pwrite). -EINVAL if
  * the page is not allocated. Canonical pages are write-once: a VMM's MAP_PRIVATE view

@@ -45,12 +45,14 @@
  *     wake. Merged pages stay mapped; later writes are ordinary private COW.
  *   - Reconnect: unless the daemon sent ERROR or garbage, the agent then
  *     tries the socket again (250 ms, doubling to 5 s). Once a daemon
- *     answers HELLO, pages still merged on pools or detached are copied
- *     back into the memfd under protection (rehome_region()) before the
- *     regions are sent, so the new daemon scans what the guest sees and
- *     merges afresh; zero overlays the guest did not write stay, protected
- *     again, and are reported in ZERO_KEPT (the new daemon counts them as
- *     zero pages at once).
+ *     answers HELLO, every private page is protected again and looked at
+ *     (rehome_region()): zero overlays and pool pages the guest did not
+ *     write since stay merged and are reported after the REGIONs
+ *     (ZERO_KEPT, MERGED_KEPT), so the new daemon, which got its pools back
+ *     from systemd's fd store, keeps the savings without merging again.
+ *     Everything else (written, detached) is copied back into the memfd
+ *     first, and so are kept pages the daemon answers with an UNMERGE
+ *     (a daemon without the fd store does so for every pool page).
  *   - The library prints nothing and never exits; errors are returned.
  */
 
@@ -60,6 +62,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -897,7 +900,7 @@ static int handle_unmerge(dedup_client *c, const struct dedup_msg_ranges *m) {
                 return -ENOMEM;
         memcpy(reply, m, m->hdr.length);
         reply->hdr.type = DEDUP_MSG_UNMERGED;
-        reply->flags = DEDUP_RANGES_F_REPLY;
+        reply->flags = DEDUP_RANGES_F_REPLY | (m->flags & DEDUP_RANGES_F_KEPT);
 
         handle_uffd(c);
 
@@ -1107,50 +1110,117 @@ static void unregister_all(dedup_client *c) {
 
 /* ---- reconnect ---- */
 
+/* The mappings of the previous daemon's pools, from /proc/self/maps, in
+ * address order: what a reconnect reports in MERGED_KEPT. */
+typedef struct PoolVma {
+        uint64_t start, end, pgoff;
+        uint64_t ino;
+} PoolVma;
+
+typedef struct PoolVmas {
+        PoolVma *v;
+        size_t n;
+} PoolVmas;
+
+/* Best effort: without the list every page is re-homed, as before. Pools
+ * are memfds named "dedupd-pool-..."; the daemon checks the inode is one. */
+static void pool_vmas_load(PoolVmas *pv) {
+        _cleanup_free_ char *line = NULL;
+        size_t linesz = 0;
+        FILE *f;
+
+        *pv = (PoolVmas) {};
+        f = fopen("/proc/self/maps", "re");
+        if (!f)
+                return;
+        while (getline(&line, &linesz, f) > 0) {
+                unsigned long long start, end, pgoff, ino;
+                int path = 0;
+                PoolVma *v;
+
+                if (sscanf(line, "%llx-%llx %*s %llx %*x:%*x %llu %n", &start, &end, &pgoff, &ino, &path) != 4 ||
+                    path == 0 || strncmp(line + path, "/memfd:dedupd-pool-", 19) != 0)
+                        continue;
+                v = realloc(pv->v, (pv->n + 1) * sizeof *v);
+                if (!v)
+                        break;
+                pv->v = v;
+                pv->v[pv->n++] = (PoolVma) { .start = start, .end = end, .pgoff = pgoff, .ino = ino };
+        }
+        fclose(f);
+}
+
+static const PoolVma *pool_vma_find(const PoolVmas *pv, const uint8_t *a) {
+        size_t lo = 0, hi = pv->n;
+
+        while (lo < hi) {
+                size_t mid = (lo + hi) / 2;
+                if ((uintptr_t) a < pv->v[mid].start)
+                        hi = mid;
+                else if ((uintptr_t) a >= pv->v[mid].end)
+                        lo = mid + 1;
+                else
+                        return &pv->v[mid];
+        }
+        return NULL;
+}
+
 static bool page_private(const Region *r, uint64_t i) {
         return bit_test(r->merged, i) || bit_test(r->detached, i);
 }
 
 /* What a reconnect does with a private page: copy it into the memfd, punch
- * it there (all zero), or keep it (an anonymous zero overlay the guest did
- * not write: the new daemon takes it as a zero page, see send_zero_kept()). */
-enum { REHOME_DATA, REHOME_HOLE, KEEP_ZERO };
+ * it there (all zero), or keep it: an anonymous zero overlay the guest did
+ * not write (the new daemon takes it as a zero page, see send_zero_kept()),
+ * or a page still mapped from a pool of the previous daemon, not written
+ * since (pm: its pagemap entry, populated; see send_merged_kept()). */
+enum { REHOME_DATA, REHOME_HOLE, KEEP_ZERO, KEEP_POOL };
 
-static int reconnect_kind(const Region *r, uint64_t i) {
-        if (!is_zero(r->hva + i * PAGE, PAGE))
-                return REHOME_DATA;
+static int reconnect_kind(const Region *r, uint64_t i, uint64_t pm, const PoolVmas *pv) {
+        const uint8_t *a = r->hva + i * PAGE;
+
+        if (!is_zero(a, PAGE))
+                return bit_test(r->merged, i) && (pm & PM_FILE) && pool_vma_find(pv, a) ? KEEP_POOL : REHOME_DATA;
         return bit_test(r->zero, i) && bit_test(r->merged, i) ? KEEP_ZERO : REHOME_HOLE;
 }
 
 /* Register r again and put every page that lives only in a private mapping
- * (merged, or detached) back into the memfd, but for zero overlays, which
- * stay: protect the run, then copy, punch or keep each part of it. */
-static int rehome_region(dedup_client *c, Region *r) {
+ * (merged, or detached) back into the memfd, but for those it keeps:
+ * protect each run, see what its pages are (a write since the fail-safe
+ * made a page anonymous: a populated pool page shows as a file page), then
+ * copy, punch or keep each part of it. */
+static int rehome_region(dedup_client *c, Region *r, const PoolVmas *pv) {
+        uint8_t kind[DEDUP_PROTO_MAX_RUN];
         int q = uffd_register(c->uffd, r->hva, r->size);
 
         if (q < 0)
                 return q;
         r->registered = true;
         for (uint64_t i = 0, n; i < r->npages; i += n) {
-                for (n = 0; i + n < r->npages && page_private(r, i + n); n++)
+                uint8_t *a = r->hva + i * PAGE;
+
+                for (n = 0; i + n < r->npages && n < DEDUP_PROTO_MAX_RUN && page_private(r, i + n); n++)
                         ;
                 if (n == 0) {
                         n = 1;
                         continue;
                 }
-                q = uffd_protect(c->uffd, r->hva + i * PAGE, n * PAGE, true);
+                q = uffd_protect(c->uffd, a, n * PAGE, true);
                 if (q < 0)
                         return q;
-                for (uint64_t s = i, e; s < i + n; s = e) {
-                        int kind = reconnect_kind(r, s);
-                        for (e = s + 1; e < i + n && reconnect_kind(r, e) == kind; e++)
+                if (pv->n == 0 || madvise(a, n * PAGE, MADV_POPULATE_READ) < 0 || pagemap_read(c, a, n) < 0)
+                        memset(c->pm, 0, n * sizeof(uint64_t));
+                for (uint64_t j = 0; j < n; j++)
+                        kind[j] = (uint8_t) reconnect_kind(r, i + j, c->pm[j], pv);
+                for (uint64_t s = 0, e; s < n; s = e) {
+                        for (e = s + 1; e < n && kind[e] == kind[s]; e++)
                                 ;
-                        if (kind == KEEP_ZERO)
+                        if (kind[s] == KEEP_ZERO || kind[s] == KEEP_POOL)
                                 continue;
                         /* rehome() accounts them as merged pages leaving. */
-                        stats_merged(c, (int64_t) bits_set(r->merged, s, e - s));
-                        bits_clear(r->detached, s, e - s);
-                        (void) rehome(c, r, s, e - s, kind == REHOME_HOLE);
+                        stats_merged(c, (int64_t) bits_set(r->merged, i + s, e - s));
+                        bits_clear(r->detached, i + s, e - s);
+                        (void) rehome(c, r, i + s, e - s, kind[s] == REHOME_HOLE);
                 }
         }
         return 0;
@@ -1193,9 +1263,65 @@ static int send_zero_kept(dedup_client *c) {
         return q;
 }
 
+static int send_kept_batch(dedup_client *c, struct dedup_msg_remap *m, uint32_t flags) {
+        int q;
+
+        m->flags = flags;
+        dedup_proto_init_header(&m->hdr, DEDUP_MSG_MERGED_KEPT, (uint32_t) dedup_msg_remap_size(m->count), ++c->seq);
+        q = dedup_proto_send(c->sock, m, NULL, 0);
+        m->count = 0;
+        return q;
+}
+
+/* Does page i continue entry e (same pool, next pool page)? */
+static bool kept_continues(const struct dedup_remap_entry *e, const PoolVma *v, const uint8_t *a) {
+        return e->npages < DEDUP_PROTO_MAX_RUN && v->ino == e->cookie &&
+               v->pgoff + ((uintptr_t) a - v->start) == e->pool_offset + (uint64_t) e->npages * PAGE;
+}
+
+/* After ZERO_KEPT: MERGED_KEPT for the pool pages rehome_region() kept (the
+ * merged pages left that are not zero overlays), the last one flagged. */
+static int send_merged_kept(dedup_client *c, const PoolVmas *pv) {
+        struct dedup_msg_remap *m = calloc(1, dedup_msg_remap_size(DEDUP_PROTO_MAX_ENTRIES));
+        int q = 0;
+
+        if (!m)
+                return -ENOMEM;
+        for (size_t k = 0; q >= 0 && k < c->n_regions; k++) {
+                Region *r = c->regions[k];
+                struct dedup_remap_entry *e = NULL;
+
+                for (uint64_t i = 0; q >= 0 && i < r->npages; i++) {
+                        const uint8_t *a = r->hva + i * PAGE;
+                        const PoolVma *v;
+
+                        if (!bit_test(r->merged, i) || bit_test(r->zero, i) || !(v = pool_vma_find(pv, a))) {
+                                e = NULL;
+                                continue;
+                        }
+                        if (e && kept_continues(e, v, a)) {
+                                e->npages++;
+                                continue;
+                        }
+                        if (m->count == DEDUP_PROTO_MAX_ENTRIES)
+                                q = send_kept_batch(c, m, 0);
+                        e = &m->entries[m->count++];
+                        *e = (struct dedup_remap_entry) {
+                                .region_id = r->id, .offset = i * PAGE, .npages = 1,
+                                .pool_offset = v->pgoff + ((uintptr_t) a - v->start), .cookie = v->ino,
+                        };
+                }
+        }
+        if (q >= 0)
+                q = send_kept_batch(c, m, DEDUP_KEPT_F_LAST);
+        free(m);
+        return q;
+}
+
 /* Try the daemon again after a fail-safe: HELLO, re-home, REGIONs. On
  * failure, back off and leave everything as the fail-safe left it. */
 static void reconnect(dedup_client *c) {
+        PoolVmas pv = {};
         int q;
 
         c->sock = connect_socket(c->socket_path);
@@ -1204,12 +1330,17 @@ static void reconnect(dedup_client *c) {
                 c->seq = 0;
                 q = handshake(c);
         }
+        if (q >= 0)
+                pool_vmas_load(&pv);
         for (size_t i = 0; q >= 0 && i < c->n_regions; i++)
-                q = rehome_region(c, c->regions[i]);
+                q = rehome_region(c, c->regions[i], &pv);
         for (size_t i = 0; q >= 0 && i < c->n_regions; i++)
                 q = region_send(c, c->regions[i], false);
         if (q >= 0)
                 q = send_zero_kept(c);
+        if (q >= 0)
+                q = send_merged_kept(c, &pv);
+        free(pv.v);
         if (q >= 0 && fcntl(c->sock, F_SETFL, O_NONBLOCK) < 0)
                 q = -errno;
         if (q < 0) {

@@ -465,7 +465,7 @@ static uint32_t fake_merge(Fake *f, TPool *pool, uint32_t region, uint64_t first
         return e.status;
 }
 
-static int fake_unmerge(Fake *f, const struct dedup_range *r, uint32_t count) {
+static int fake_unmerge_flags(Fake *f, const struct dedup_range *r, uint32_t count, uint32_t flags) {
         size_t len = dedup_msg_ranges_size(count);
         struct dedup_msg_ranges *m = calloc(1, len);
         uint32_t seq = ++f->seq;
@@ -473,6 +473,7 @@ static int fake_unmerge(Fake *f, const struct dedup_range *r, uint32_t count) {
 
         dedup_proto_init_header(&m->hdr, DEDUP_MSG_UNMERGE, (uint32_t) len, seq);
         m->count = count;
+        m->flags = flags;
         memcpy(m->ranges, r, count * sizeof *r);
         ck_assert_int_eq(dedup_proto_send(f->conn, m, NULL, 0), 0);
         free(m);
@@ -488,6 +489,10 @@ static int fake_unmerge(Fake *f, const struct dedup_range *r, uint32_t count) {
                 ck_assert_int_eq(memcmp(rep->ranges, r, count * sizeof *r), 0);
                 return t;
         }
+}
+
+static int fake_unmerge(Fake *f, const struct dedup_range *r, uint32_t count) {
+        return fake_unmerge_flags(f, r, count, 0);
 }
 
 /* ---- environment: guest + agent + fake daemon + one pool ---- */
@@ -1024,15 +1029,18 @@ static void fake_restart(Fake *f) {
         f->eof = false;
 }
 
-/* A dead daemon's agent comes back to the next daemon by itself: what it
- * kept merged on pools (and what the guest wrote meanwhile) is back in the
- * memfd before the REGION arrives; zero overlays the guest left alone stay
- * and are reported in ZERO_KEPT after it; an ERROR means refused, and then
- * it does not come back. */
+/* A dead daemon's agent comes back to the next daemon by itself. Pages the
+ * guest wrote meanwhile are back in the memfd before the REGION arrives;
+ * zero overlays and pool pages the guest left alone stay merged and are
+ * reported after it (ZERO_KEPT, then MERGED_KEPT naming the pool by inode,
+ * the last one flagged); pool pages the daemon answers with an UNMERGE go
+ * back into the memfd. An ERROR means refused, and then it does not come
+ * back. */
 START_TEST(test_reconnect) {
         const unsigned N = 64;
         uint8_t want[PAGE], got[PAGE];
         struct pollfd pl;
+        struct stat pst;
         Env e;
 
         env_start(&e, 2 * N, N, -1);
@@ -1043,6 +1051,7 @@ START_TEST(test_reconnect) {
         ck_assert_uint_eq(fake_merge(&e.f, &e.pool, 0, N, N, DEDUP_POOL_ZERO, 0), DEDUP_REMAP_DONE);
         ck_assert_uint_eq(stats(&e).merged_pages, 2 * N);
         ck_assert_uint_eq(memfd_blocks(e.g.memfd), 0);
+        ck_assert_int_eq(fstat(e.pool.ro_fd, &pst), 0);
 
         fake_restart(&e.f);                     /* the daemon dies */
         while (stats(&e).connected)
@@ -1055,7 +1064,7 @@ START_TEST(test_reconnect) {
         dedup_client_stats s = stats(&e);
         ck_assert_int_eq(s.connected, 1);
         ck_assert_uint_eq(s.reconnects, 1);
-        ck_assert_uint_eq(s.merged_pages, N - 1);       /* the zero overlay, but for page N + 5 */
+        ck_assert_uint_eq(s.merged_pages, 2 * N - 2);   /* all but the two written */
         int fds[DEDUP_PROTO_MAX_FDS];
         size_t nfds = 0;
         ck_assert_int_eq(fake_recv_raw(&e.f, 2000, fds, &nfds), DEDUP_MSG_ZERO_KEPT);
@@ -1065,24 +1074,48 @@ START_TEST(test_reconnect) {
         ck_assert_uint_eq(zk->ranges[0].npages, 5);
         ck_assert_uint_eq(zk->ranges[1].offset, (uint64_t) (N + 6) * PAGE);
         ck_assert_uint_eq(zk->ranges[1].npages, N - 6);
-        /* Only the pages re-homed with data are in the memfd; the zero
-         * overlay reads zero memory and still traps writes. */
-        ck_assert_uint_eq(memfd_blocks(e.g.memfd), (N + 1) * PAGE / 512);
+        ck_assert_int_eq(fake_recv_raw(&e.f, 2000, fds, &nfds), DEDUP_MSG_MERGED_KEPT);
+        const struct dedup_msg_remap *mk = (const void *) e.f.buf;
+        ck_assert_uint_eq(mk->flags, DEDUP_KEPT_F_LAST);
+        ck_assert_uint_eq(mk->count, 2);
+        ck_assert_uint_eq(mk->entries[0].offset, 0);
+        ck_assert_uint_eq(mk->entries[0].npages, 3);
+        ck_assert_uint_eq(mk->entries[0].pool_offset, 0);
+        ck_assert_uint_eq(mk->entries[1].offset, 4 * PAGE);
+        ck_assert_uint_eq(mk->entries[1].npages, N - 4);
+        ck_assert_uint_eq(mk->entries[1].pool_offset, 4 * PAGE);
+        for (unsigned i = 0; i < 2; i++) {
+                ck_assert_uint_eq(mk->entries[i].cookie, (uint64_t) pst.st_ino);
+                ck_assert_uint_eq(mk->entries[i].pool_id, 0);
+        }
+        /* Only the written pages are in the memfd; kept pages read what they
+         * did and still trap writes. */
+        ck_assert_uint_eq(memfd_blocks(e.g.memfd), 2 * PAGE / 512);
         ck_assert(pagemap_entry(e.g.hva + (N + 1) * PAGE) & PM_UFFD_WP);
+        ck_assert(pagemap_entry(e.g.hva + 1 * PAGE) & PM_UFFD_WP);
         e.g.hva[(N + 1) * PAGE] = 0x11;                 /* a COW break of a kept page */
         ck_assert_int_eq(fake_wait(&e.f, DEDUP_MSG_UNMERGED, 2000), DEDUP_MSG_UNMERGED);
         ck_assert_int_eq(pread(e.f.memfd[0], got, 1, (off_t) (N + 1) * PAGE), 1);
         ck_assert_uint_eq(got[0], 0x11);
         e.g.hva[(N + 1) * PAGE] = 0;
+        /* The daemon does not take pool pages 8..15: back into the memfd. */
+        struct dedup_range refused = { .region_id = 0, .npages = 8, .offset = 8 * PAGE };
+        ck_assert_int_eq(fake_unmerge_flags(&e.f, &refused, 1, DEDUP_RANGES_F_KEPT), DEDUP_MSG_UNMERGED);
+        ck_assert_uint_eq(((const struct dedup_msg_ranges *) e.f.buf)->flags,
+                          DEDUP_RANGES_F_REPLY | DEDUP_RANGES_F_KEPT);
+        ck_assert_uint_eq(stats(&e).merged_pages, 2 * N - 2 - 1 - 8);
+        ck_assert_uint_eq(memfd_blocks(e.g.memfd), (2 + 1 + 8) * PAGE / 512);
         for (unsigned p = 0; p < 2 * N; p++) {
                 if (p < N)
                         pattern(want, p);
                 else
                         memset(want, 0, PAGE);
                 want[0] = p == 3 ? 0x33 : p == N + 5 ? 0x55 : want[0];
+                ck_assert_msg(memcmp(e.g.hva + p * PAGE, want, PAGE) == 0, "page %u differs after reconnect", p);
+                if (p != 3 && p != N + 5 && p != N + 1 && (p < 8 || p >= 16))
+                        continue;       /* merged: not in the memfd */
                 ck_assert_int_eq(pread(e.f.memfd[0], got, PAGE, (off_t) p * PAGE), PAGE);
-                ck_assert_msg(memcmp(got, want, PAGE) == 0 && memcmp(e.g.hva + p * PAGE, want, PAGE) == 0,
-                              "page %u differs after reconnect", p);
+                ck_assert_msg(memcmp(got, want, PAGE) == 0, "memfd page %u differs after reconnect", p);
         }
         /* Registered again: the new daemon can merge as before, with its
          * own pools (the old ones were forgotten). */

@@ -86,7 +86,8 @@ reconnected() {
 rm -f "$T/status"
 start_dedupd --run=0
 reconnected 1
-sleep 1
+# The agents are back; dedupd takes in their reports as it reads them.
+wait_for 10 "[ \$(stat $T/status zero_pages) -ge $((zero_before * 8 / 10)) ]"
 echo "restarted with Run=0: zero_pages=$(stat $T/status zero_pages) (kept; $zero_before before the kill)" \
      "pages_sharing=$(stat $T/status pages_sharing)"
 [ "$(stat $T/status zero_pages)" -ge $((zero_before * 8 / 10)) ] || fail "zero overlays not kept across the restart"

@@ -440,6 +440,7 @@ START_TEST(test_adopt) {
                 ck_assert_int_eq(pool_claim(q, i * PS), 0);
         ck_assert_int_eq(pool_claim(q, 10 * PS), -EBUSY);
         ck_assert_int_eq(pool_claim(q, 1), -EINVAL);
+        ck_assert_int_eq(pool_claim(q, 128 * PS), -ERANGE);     /* past the memfd: nobody maps it */
         ck_assert_int_eq(pool_free_page(q, 20 * PS), 0);
         ck_assert_int_eq(pool_stats(q, &s), 0);
         ck_assert_uint_eq(s.bytes_used, 100 * PS);
