@@ -17,6 +17,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -89,6 +90,35 @@ static void expect_closed(int fd, const char *what, bool need_error) {
 
 static void expect_refused(int fd, const char *what) {
         expect_closed(fd, what, true);
+}
+
+/* Pages a VMM claims to keep on a pool dedupd does not have (or not for
+ * its group) come back in an UNMERGE flagged KEPT, and the VM stays. */
+static void expect_kept_returned(int fd, const char *what, const struct dedup_range *want) {
+        _Alignas(8) uint8_t buf[DEDUP_PROTO_MAX_MSG];
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        const struct dedup_msg_ranges *m = (const void *) buf;
+        int fds[2];
+        size_t nfds;
+
+        while (poll(&p, 1, 2000) > 0) {
+                ssize_t n = dedup_proto_recv(fd, buf, sizeof(buf), fds, 2, &nfds);
+                if (n <= 0)
+                        break;
+                for (size_t i = 0; i < nfds; i++)
+                        close(fds[i]);
+                if (m->hdr.type != DEDUP_MSG_UNMERGE || !(m->flags & DEDUP_RANGES_F_KEPT))
+                        continue;
+                if (m->count == 1 && memcmp(&m->ranges[0], want, sizeof *want) == 0) {
+                        printf("  %-44s returned to the agent\n", what);
+                        close(fd);
+                        return;
+                }
+                break;
+        }
+        printf("  %-44s NOT returned as it should\n", what);
+        failures++;
+        close(fd);
 }
 
 static int new_uffd(void) {
@@ -229,6 +259,38 @@ int main(int argc, char **argv) {
                 (void) dedup_proto_send(fd, m, NULL, 0);
         }
         expect_refused(fd, "ZERO_KEPT for a region never registered");
+
+        fd = connect_daemon();
+        hello(fd, getpid(), "hostile-merged-kept");
+        {
+                _Alignas(8) uint8_t buf[sizeof(struct dedup_msg_remap) + sizeof(struct dedup_remap_entry)] = {};
+                struct dedup_msg_remap *m = (void *) buf;
+                dedup_proto_init_header(&m->hdr, DEDUP_MSG_MERGED_KEPT, sizeof(buf), 2);
+                m->count = 1;
+                m->entries[0] = (struct dedup_remap_entry) { .region_id = 1, .npages = 1 };
+                (void) dedup_proto_send(fd, m, NULL, 0);
+        }
+        expect_refused(fd, "MERGED_KEPT for a region never registered");
+
+        fd = connect_daemon();
+        hello(fd, getpid(), "hostile-pool-claim");
+        send_region(fd, memfd, 1 << 20, hva);
+        {
+                _Alignas(8) uint8_t buf[sizeof(struct dedup_msg_remap) + sizeof(struct dedup_remap_entry)] = {};
+                struct dedup_msg_remap *m = (void *) buf;
+                struct stat st = {};
+                if (pool_fd >= 0 && fstat(pool_fd, &st) < 0)
+                        return 2;
+                dedup_proto_init_header(&m->hdr, DEDUP_MSG_MERGED_KEPT, sizeof(buf), 3);
+                m->count = 1;
+                m->flags = DEDUP_KEPT_F_LAST;
+                /* A pool of this run (or a made-up inode): never one to keep. */
+                m->entries[0] = (struct dedup_remap_entry) { .region_id = 1, .offset = 8 * 4096, .npages = 4,
+                                                             .cookie = pool_fd >= 0 ? st.st_ino : 424242 };
+                (void) dedup_proto_send(fd, m, NULL, 0);
+        }
+        expect_kept_returned(fd, "MERGED_KEPT on a pool not kept",
+                             &(struct dedup_range) { .region_id = 1, .npages = 4, .offset = 8 * 4096 });
 
         fd = connect_daemon();
         hello(fd, getpid(), "hostile-flood");

@@ -85,7 +85,7 @@ echo "after $loops kills: pages_sharing=$(stat $T/status pages_sharing) zero_pag
 pool_inodes() {
         awk '$6 ~ /^\/memfd:dedupd-pool/ { print $5 }' "/proc/$1/maps"
         for f in /proc/"$1"/fd/*; do
-                case "$(readlink "$f")" in /memfd:dedupd-pool*) stat -L -c %i "$f" ;; esac
+                case "$(readlink "$f")" in /memfd:dedupd-pool*) command stat -L -c %i "$f" ;; esac
         done
 }
 live=$(pool_inodes "$DEDUPD_PID" | sort -u)

@@ -87,6 +87,18 @@ int main(int argc, char **argv) {
                 r |= write_seed(dir, reply ? "remap-reply" : "remap", 0);
         }
 
+        /* MERGED_KEPT: pool named by inode in cookie; the last may be empty. */
+        for (int last = 0; last < 2; last++) {
+                memset(&buf, 0, sizeof buf);
+                struct dedup_msg_remap *m = (void *) buf.bytes;
+                m->count = last ? 0 : 2;
+                m->flags = last ? DEDUP_KEPT_F_LAST : 0;
+                dedup_proto_init_header(&m->hdr, DEDUP_MSG_MERGED_KEPT, (uint32_t) dedup_msg_remap_size(m->count), 9);
+                m->entries[0] = (struct dedup_remap_entry) { 0, 0, 0, 4096, 3, 0, 1234 };
+                m->entries[1] = (struct dedup_remap_entry) { 1, 0, 1 << 20, 1 << 21, 512, 0, 1234 };
+                r |= write_seed(dir, last ? "merged-kept-last" : "merged-kept", 0);
+        }
+
         const enum dedup_msg_type rt[] = { DEDUP_MSG_UNMERGE, DEDUP_MSG_UNMERGED, DEDUP_MSG_WRITTEN,
                                            DEDUP_MSG_ZERO_KEPT };
         const char *rn[] = { "unmerge", "unmerged", "written", "zero-kept" };

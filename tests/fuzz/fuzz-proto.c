@@ -25,9 +25,11 @@ static void check_accepted(const uint8_t *msg, size_t len) {
 
         switch (hdr->type) {
         case DEDUP_MSG_REMAP:
-        case DEDUP_MSG_REMAP_REPLY: {
+        case DEDUP_MSG_REMAP_REPLY:
+        case DEDUP_MSG_MERGED_KEPT: {
                 const struct dedup_msg_remap *m = (const void *) msg;
-                if (dedup_msg_remap_size(m->count) != len || m->count < 1 || m->count > DEDUP_PROTO_MAX_ENTRIES)
+                uint32_t min = hdr->type == DEDUP_MSG_MERGED_KEPT && m->flags == DEDUP_KEPT_F_LAST ? 0 : 1;
+                if (dedup_msg_remap_size(m->count) != len || m->count < min || m->count > DEDUP_PROTO_MAX_ENTRIES)
                         __builtin_trap();
                 for (uint32_t i = 0; i < m->count; i++) {
                         const struct dedup_remap_entry *e = &m->entries[i];
