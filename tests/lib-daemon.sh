@@ -36,6 +36,33 @@ start_dedupd() {
         wait_for 10 "[ -S '$T/vmm.sock' ] && [ -f '$T/status' ]" || fail "dedupd did not start"
 }
 
+# start_managed_dedupd ARGS...: dedupd as under systemd, run by
+# tests/svc-manager: socket activation, the fd store, restarted 100 ms
+# after it dies (DEDUPD_PID follows it: see managed_restarted)
+start_managed_dedupd() {
+        "$top_builddir/tests/svc-manager" --socket="$T/vmm.sock" --pidfile="$T/svc.pid" -- \
+                "$DEDUPD" --status-file="$T/status" --bus="${DEDUPD_BUS:-none}" "$@" >>"$T/dedupd.log" 2>&1 &
+        PIDS="$PIDS $!"
+        managed_restarted ""
+}
+
+# svc_started OLD: SVC is the main process svc-manager started after OLD
+svc_started() {
+        wait_for 10 "[ -s '$T/svc.pid' ] && [ \"\$(cat '$T/svc.pid')\" != '$1' ]" ||
+                fail "svc-manager started no process after '$1'"
+        SVC=$(cat "$T/svc.pid")
+        PIDS="$PIDS $SVC"       # after svc-manager: killed too if the test fails
+}
+
+# managed_restarted OLD: DEDUPD_PID is the dedupd started after OLD, its
+# status file written
+managed_restarted() {
+        rm -f "$T/status"
+        svc_started "$1"
+        DEDUPD_PID=$SVC
+        wait_for 10 "[ -f '$T/status' ]" || fail "dedupd $DEDUPD_PID did not start"
+}
+
 # sim_var NAME: NAME as a shell variable suffix (VM names may hold - . :)
 sim_var() { echo "$1" | tr -c 'A-Za-z0-9_\n' _; }
 

@@ -22,14 +22,6 @@ start_shim() {
         PIDS="$PIDS $SHIM_PID"
 }
 
-# next_pid OLD: SVC is the main process svc-manager started after OLD
-next_pid() {
-        wait_for 10 "[ -s '$T/svc.pid' ] && [ \"\$(cat '$T/svc.pid')\" != '$1' ]" ||
-                fail "svc-manager started no process after '$1'"
-        SVC=$(cat "$T/svc.pid")
-        PIDS="$PIDS $SVC"       # after svc-manager: killed too if the test fails
-}
-
 # logged LINE: svc-manager logs LINE within 10 s
 logged() {
         line=$1
@@ -101,7 +93,7 @@ WATCHDOG_USEC=30000000 WATCHDOG_PID=1 "$SHIM" --socket="$T/vmm.sock" --pidfile="
         --restart-sec=50 -- "$PY" "$T/service.py" "$T/inodes" >>"$LOG" 2>&1 &
 SHIM_PID=$!
 PIDS="$PIDS $SHIM_PID"
-next_pid ""
+svc_started ""
 first=$SVC
 logged "svc-manager: $first status: stored"
 logged "svc-manager: stored fd a (now 1)"
@@ -114,7 +106,7 @@ logged "ignored: only the main process $first may notify"
 ! grep -q "stored fd intruder" "$LOG" || fail "an fd of another process than the main one was stored"
 touch "$T/inodes.go"
 logged "svc-manager: $first exited with status 3, restarting"
-next_pid "$first"
+svc_started "$first"
 logged "svc-manager: started $SVC with 4 stored fds: a b b stored"
 logged "svc-manager: $SVC status: checked"
 logged "svc-manager: removed b (2 fds, now 2)"
@@ -146,7 +138,7 @@ EOF
 chmod +x "$T/exec-dedupd"
 start_shim -- "$T/exec-dedupd" --bus=none --socket="$T/not-used.sock" --status-file="$T/status" \
         --pages-to-scan=4096 --sleep-millisecs=5
-next_pid ""
+svc_started ""
 first=$SVC
 logged "svc-manager: $first ready"
 grep -q "listening on 'the socket passed by systemd'" "$LOG" || fail "dedupd did not take the socket svc-manager passed"
@@ -179,7 +171,7 @@ agent_before_b=$(stat $T/b.stats dedup_merged_pages)
 rm -f "$T/status"       # what follows is the new dedupd's
 kill -9 "$first"
 logged "svc-manager: $first killed by signal 9, restarting"
-next_pid "$first"
+svc_started "$first"
 logged "svc-manager: started $SVC with $npools stored fds: $(echo $names)"
 wait_for 5 "[ -f '$T/passed.$SVC' ]" || fail "dedupd $SVC was not executed"
 want="LISTEN_PID=$SVC LISTEN_FDS=$((npools + 1)) LISTEN_FDNAMES=$(echo dedupd.socket $names | tr ' ' ':')"

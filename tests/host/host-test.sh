@@ -304,9 +304,13 @@ sleep 5
 sims_verified "merging"
 
 # --- Restart --------------------------------------------------------------------------
-# The restarted dedupd releases the old pools from systemd's fd store; each
-# VMM's agent registers again by itself (zero overlays kept and counted at
-# once, pool pages re-homed and merged afresh), so the savings come back.
+# The restarted dedupd gets its pools back from systemd's fd store; each
+# VMM's agent registers again by itself and reports what it kept merged,
+# which dedupd takes over as it is: the savings stay, no page goes back
+# into a guest's memfd (each agent still has its merged pages after).
+for s in $SIMS; do
+        eval "merged_$s=\$(stat \"\$W/\$s.stats\" dedup_merged_pages)"
+done
 before=$(saved)
 if run systemctl restart dedupd && [ "$(systemctl is-active dedupd)" = active ]; then
         pass "systemctl restart dedupd: active again"
@@ -325,9 +329,19 @@ if [ "$before" -gt 0 ] && wait_for 300 back; then
 else
         fail "savings after restart: dedupctl status says $(($(saved) >> 20)) MiB (was $((before >> 20)) MiB)"
 fi
+kept() {
+        for s in $SIMS; do
+                [ "$(stat "$W/$s.stats" dedup_merged_pages)" -ge $(( $(eval echo \$merged_$s) * 8 / 10 )) ] || return 1
+        done
+}
+if kept && journalctl -u dedupd --no-pager -o cat | grep -q 'of the previous run kept'; then
+        pass "restart kept the merged pages: pools back from the fd store, no VMM re-homed its pages"
+else
+        fail "restart lost merged pages: $(for s in $SIMS; do echo "$s $(stat "$W/$s.stats" dedup_merged_pages) of $(eval echo \$merged_$s);"; done)"
+fi
 {
         dedupctl status | head -n 2
-        journalctl -u dedupd --no-pager -o cat | grep -i 'pool memfds' | tail -n 1
+        journalctl -u dedupd --no-pager -o cat | grep -i 'previous run' | tail -n 2
         for s in $SIMS; do
                 echo "$s: dedup_connected=$(stat "$W/$s.stats" dedup_connected) dedup_reconnects=$(stat "$W/$s.stats" dedup_reconnects) memfd_kib=$(stat "$W/$s.stats" memfd_kib) of $((MIB * 1024))"
         done
