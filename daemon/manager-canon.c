@@ -63,17 +63,28 @@ int manager_canon_read(void *ud, uint64_t loc, void *buf) {
         return p ? pool_read(p, off, buf) : -ENOENT;
 }
 
-/* A pool of the previous run still claiming hands out no page: new pages
- * of its group and node go to a pool of this run meanwhile. */
+/* A pool of the previous run still claiming hands out no page. New pages
+ * of its group and node wait for it to settle (a second or two, once the
+ * VMMs have reported) rather than start another pool at every restart; a
+ * VMM that never reports holds them up for CLAIM_GRACE_USEC at most, then
+ * they go to a new pool. */
+#define CLAIM_GRACE_USEC (60ull * 1000 * 1000)
+
 static int pool_for(Manager *m, uint16_t group, int nid, uint16_t *ret_id) {
+        bool claiming = false;
         int r;
 
-        for (uint16_t i = 0; i < m->n_pools; i++)
-                if ((int) i != m->zero_pool && pool_group(m->pools[i]) == group && pool_nid(m->pools[i]) == nid &&
-                    !pool_is_claiming(m->pools[i])) {
+        for (uint16_t i = 0; i < m->n_pools; i++) {
+                if ((int) i == m->zero_pool || pool_group(m->pools[i]) != group || pool_nid(m->pools[i]) != nid)
+                        continue;
+                if (!pool_is_claiming(m->pools[i])) {
                         *ret_id = i;
                         return 0;
                 }
+                claiming = true;
+        }
+        if (claiming && now_usec(CLOCK_MONOTONIC) < m->started_us + CLAIM_GRACE_USEC)
+                return -EBUSY;
         if (m->n_pools >= MANAGER_MAX_POOLS)
                 return -ENOSPC;
         r = pool_new(group, nid, &m->pools[m->n_pools]);

@@ -86,10 +86,7 @@ static int unmerge(void *ud, dedup_page_t page, uint64_t loc) {
 }
 
 static uint64_t now_ms(void *ud) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+        return now_usec(CLOCK_MONOTONIC) / 1000;
 }
 
 const DedupEngineOps manager_engine_ops = {

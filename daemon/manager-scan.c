@@ -53,15 +53,8 @@ static int scan_page(void *userdata, uint64_t offset, const void *data) {
 #define ADVISOR_EWMA_WEIGHT 30
 #define ADVISOR_MIN_PAGES 500
 
-static uint64_t now_us(clockid_t clock) {
-        struct timespec ts;
-
-        clock_gettime(clock, &ts);
-        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
-}
-
 static void advise(Manager *m) {
-        uint64_t wall = now_us(CLOCK_MONOTONIC), cpu = now_us(CLOCK_PROCESS_CPUTIME_ID);
+        uint64_t wall = now_usec(CLOCK_MONOTONIC), cpu = now_usec(CLOCK_PROCESS_CPUTIME_ID);
         uint64_t elapsed = wall - m->full_scan_started_us, used = cpu - m->full_scan_cpu_us;
         uint64_t want, pages, cpu_percent;
         bool first = m->full_scan_started_us == 0;

@@ -28,6 +28,7 @@ int manager_new(Manager **ret) {
         m->listen_fd = -1;
         m->allowed_gid = (gid_t) -1;
         m->zero_pool = -1;
+        m->started_us = now_usec(CLOCK_MONOTONIC);
         m->run = 1;
         m->pages_to_scan = 10000;
         m->sleep_ms = 20;

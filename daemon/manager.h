@@ -181,6 +181,7 @@ struct Manager {
         sd_event_source *status_timer;
         uint64_t punched_pages;
         unsigned n_claiming;            /* pools of the previous run not settled (manager-restart.c) */
+        uint64_t started_us;            /* CLOCK_MONOTONIC */
         uint64_t settle_checked_us;
         uint64_t kept_pages;            /* merged pages taken over from the previous run */
         uint8_t buf_a[512 * DEDUP_PAGE_SIZE] __attribute__((aligned(64)));

@@ -22,12 +22,20 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dedup-util.h"  /* _cleanup_, TAKE_PTR/TAKE_FD, safe_close, MIN/MAX */
 
 #define DIV_ROUND_UP(x, y) (((x) + (y) - 1) / (y))
 #define ALIGN_TO(x, a) (((x) + (a) - 1) & ~((__typeof__(x)) (a) - 1))
+
+static inline uint64_t now_usec(clockid_t clock) {
+        struct timespec ts;
+
+        clock_gettime(clock, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
 
 static inline void fclosep(FILE **f) {
         if (*f)

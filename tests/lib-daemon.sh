@@ -41,9 +41,18 @@ start_dedupd() {
 # after it dies (DEDUPD_PID follows it: see managed_restarted)
 start_managed_dedupd() {
         "$top_builddir/tests/svc-manager" --socket="$T/vmm.sock" --pidfile="$T/svc.pid" -- \
-                "$DEDUPD" --status-file="$T/status" --bus="${DEDUPD_BUS:-none}" "$@" >>"$T/dedupd.log" 2>&1 &
+                ${DEDUPD_WRAPPER:-} "$DEDUPD" --status-file="$T/status" --bus="${DEDUPD_BUS:-none}" "$@" \
+                >>"$T/dedupd.log" 2>&1 &
+        SVC_MANAGER_PID=$!
         PIDS="$PIDS $!"
         managed_restarted ""
+}
+
+# stop_managed_dedupd: stop svc-manager, which stops dedupd (SIGTERM)
+stop_managed_dedupd() {
+        kill -TERM "$SVC_MANAGER_PID"
+        wait "$SVC_MANAGER_PID" || fail "svc-manager did not stop cleanly"
+        rm -f "$T/svc.pid"
 }
 
 # svc_started OLD: SVC is the main process svc-manager started after OLD
@@ -60,7 +69,7 @@ managed_restarted() {
         rm -f "$T/status"
         svc_started "$1"
         DEDUPD_PID=$SVC
-        wait_for 10 "[ -f '$T/status' ]" || fail "dedupd $DEDUPD_PID did not start"
+        wait_for "${DEDUPD_START_S:-10}" "[ -f '$T/status' ]" || fail "dedupd $DEDUPD_PID did not start"
 }
 
 # sim_var NAME: NAME as a shell variable suffix (VM names may hold - . :)
