@@ -177,7 +177,7 @@ static int push(uint64_t **v, size_t *n, size_t *cap, uint64_t loc) {
 
 /* Punch the queue: sorted, locations of one pool are offsets in order, so
  * adjacent pages form runs. */
-static void punch_all(Manager *m) {
+void manager_canon_punch(Manager *m) {
         qsort(m->punch, m->n_punch, sizeof(uint64_t), cmp_u64);
         for (size_t i = 0, n; i < m->n_punch; i += n) {
                 uint64_t off;
@@ -196,7 +196,7 @@ static void punch_all(Manager *m) {
 }
 
 static int punch_queued(sd_event_source *s, void *userdata) {
-        punch_all(userdata);
+        manager_canon_punch(userdata);
         return 0;
 }
 
@@ -226,7 +226,7 @@ void manager_canon_free(void *ud, uint64_t loc) {
         if (r >= 0)
                 r = sd_event_source_set_enabled(m->punch_source, SD_EVENT_ONESHOT);
         if (r < 0)
-                punch_all(m);
+                manager_canon_punch(m);
 }
 
 int manager_canon_nid(void *ud, uint64_t loc) {

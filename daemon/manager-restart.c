@@ -122,12 +122,15 @@ static void adopt_merged(Vm *vm, VmRegion *reg, uint64_t first, uint64_t n, void
 
         for (uint64_t i = first; i < first + n; i++) {
                 uint64_t off = k->pool_offset + (i - k->first) * DEDUP_PAGE_SIZE;
+                /* An allocated page is a canonical page the engine has, or
+                 * one freed but not released yet (held for a VMM that
+                 * left): never a new one, see dedup_engine_adopt_merged(). */
                 bool claimed = !pool_is_allocated(p, off) && pool_claim(p, off) >= 0;
                 int r = pool_read(p, off, page);
 
                 if (r >= 0)
                         r = dedup_engine_adopt_merged(m->engine, reg->first + (dedup_page_t) i,
-                                                      pool_loc_make(k->pool_id, off), page, pool_nid(p));
+                                                      pool_loc_make(k->pool_id, off), page, pool_nid(p), claimed);
                 if (r >= 0) {
                         k->taken++;
                         continue;
@@ -158,6 +161,9 @@ void vm_handle_merged_kept(Vm *vm, const struct dedup_msg_remap *msg) {
         Kept k = { .refused = (void *) space };
 
         k.refused->count = 0;
+        /* Freed pages waiting to be punched are still allocated: release
+         * them first, so a report of one claims it afresh. */
+        manager_canon_punch(vm->manager);
         for (uint32_t i = 0; i < msg->count && !vm->disconnected; i++) {
                 const struct dedup_remap_entry *e = &msg->entries[i];
                 struct dedup_range rg = { .region_id = e->region_id, .npages = e->npages, .offset = e->offset };

@@ -224,6 +224,8 @@ extern const DedupEngineOps manager_engine_ops;
 Pool *manager_loc_pool(Manager *m, uint64_t loc, uint64_t *ret_off);
 bool manager_loc_held(Manager *m, uint64_t loc);
 int manager_canon_sync(Manager *m);
+/* Punch the pages canon_free() queued, now. */
+void manager_canon_punch(Manager *m);
 int manager_canon_read(void *ud, uint64_t loc, void *buf);
 int manager_canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t *ret_loc);
 void manager_canon_free(void *ud, uint64_t loc);

@@ -172,13 +172,16 @@ void dedup_engine_page_written(DedupEngine *e, dedup_page_t page);
 int dedup_engine_adopt_zero(DedupEngine *e, dedup_page_t page);
 /* The same for a page the VMM maps from canonical page loc of the previous
  * daemon (a pool kept across the restart), whose content is data (read
- * from loc) and which lives on node nid: the first page reported puts loc
- * into the stable tree of the page's group (a dup if the tree has that
- * content at another loc), later ones share it. 0; -EBUSY (page merged or
- * in flight), -ENOSPC (loc already has MaxPageSharing sharers), -ENOENT,
- * -EINVAL, -ENOMEM. The caller checks that loc may be shared by the page's
- * group. */
-int dedup_engine_adopt_merged(DedupEngine *e, dedup_page_t page, uint64_t loc, const void *data, int nid);
+ * from loc) and which lives on node nid. With create, loc is new to the
+ * engine (the first sharer reported): it joins the stable tree of the
+ * page's group (as a dup if the tree has that content at another loc);
+ * without, loc must be a canonical page the engine has, which the page
+ * then shares. 0; -EBUSY (page merged or in flight), -ENOSPC (loc already
+ * has MaxPageSharing sharers), -ESTALE (!create and loc unknown: say, freed
+ * and not released yet), -ENOENT, -EINVAL, -ENOMEM. The caller checks that
+ * loc may be shared by the page's group. */
+int dedup_engine_adopt_merged(DedupEngine *e, dedup_page_t page, uint64_t loc, const void *data, int nid,
+                              bool create);
 
 /* Unmerge every page (Run=2) or every page of one VM: issues at most
  * budget unmerge ops or page visits per call. Returns 1 while pages

@@ -272,12 +272,13 @@ static int check_run(const char **ret_why, const char *what, uint32_t i, uint32_
 static int validate_remap(const struct dedup_msg_remap *m, size_t len, const char **ret_why) {
         const char *tn = dedup_msg_type_to_string(m->hdr.type);
         bool reply = m->hdr.type == DEDUP_MSG_REMAP_REPLY, kept = m->hdr.type == DEDUP_MSG_MERGED_KEPT;
-        uint32_t min = kept && m->flags == DEDUP_KEPT_F_LAST ? 0 : 1;
+        uint32_t min;
         char what[32];
         int r;
 
         if (len < sizeof *m)
                 return fail(ret_why, "%s: length %zu shorter than %zu", tn, len, sizeof *m);
+        min = kept && m->flags == DEDUP_KEPT_F_LAST ? 0 : 1;
         if (m->flags & ~(kept ? DEDUP_KEPT_F_LAST : 0))
                 return fail(ret_why, "%s: reserved flags 0x%" PRIx32 " set", tn, m->flags);
         if (m->count < min || m->count > DEDUP_PROTO_MAX_ENTRIES)

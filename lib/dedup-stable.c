@@ -356,7 +356,8 @@ static uint32_t node_at(const DedupEngine *e, uint32_t match, uint64_t loc) {
         return NODE_NONE;
 }
 
-int dedup_engine_adopt_merged(DedupEngine *e, dedup_page_t page, uint64_t loc, const void *data, int nid) {
+int dedup_engine_adopt_merged(DedupEngine *e, dedup_page_t page, uint64_t loc, const void *data, int nid,
+                              bool create) {
         Region *reg;
         PageSlot *s = engine_slot(e, page, &reg);
         uint32_t match, target, idx;
@@ -381,6 +382,8 @@ int dedup_engine_adopt_merged(DedupEngine *e, dedup_page_t page, uint64_t loc, c
         if (r < 0)
                 return r;
         idx = node_at(e, match, loc);
+        if (idx == NODE_NONE && !create)
+                return -ESTALE;
         if (idx == NODE_NONE) {
                 /* First sharer reported: the canonical page joins the tree,
                  * as a dup if the tree has its content elsewhere. */

@@ -30,6 +30,13 @@ random_sleep() {
         sleep "$(awk -v s="$1" -v m="$2" 'BEGIN { srand(s); printf "%.2f", 0.05 + rand() * (m - 0.05) }')"
 }
 
+# What dedupd is doing when it does not answer on the bus.
+bus_diagnosis() {
+        echo "dedupd $DEDUPD_PID $(grep '^State' /proc/$DEDUPD_PID/status);"
+        echo "org.dedupd1 owned by $($B status org.dedupd1 2>&1 | grep -E '^(PID|UniqueName)=' | tr '\n' ' ');"
+        command -v gdb >/dev/null && gdb -p "$DEDUPD_PID" -batch -ex 'bt 12' 2>/dev/null | grep '^#'
+}
+
 merged_some() {
         wait_for 30 "[ \$(stat $T/status pages_sharing) -ge 2000 ]" ||
                 fail "round $i: only $(stat $T/status pages_sharing) pages sharing after 30 s"
@@ -64,9 +71,7 @@ while [ $i -lt $loops ]; do
            what="taking back kept pages, $(stat $T/status kept_pages) so far, $(stat $T/status pools_claiming) pools claiming" ;;
         0) what="unmerge-all"
            merged_some
-           $B set-property $M Run u 2 ||
-                   fail "Run=2 refused; dedupd $DEDUPD_PID: $(grep '^State' /proc/$DEDUPD_PID/status) " \
-                        "wchan $(cat /proc/$DEDUPD_PID/wchan) $(cat /proc/$DEDUPD_PID/stack 2>/dev/null | head -5)"
+           $B set-property $M Run u 2 || fail "Run=2 refused; $(bus_diagnosis)"
            random_sleep $i 0.4 ;;
         esac
         merged=$(stat $T/status pages_sharing)

@@ -537,6 +537,10 @@ START_TEST(test_validate_merged_kept) {
         reject(m, len, 0, "MERGED_KEPT: count 0 out of range 1..1024");
         m->flags = DEDUP_KEPT_F_LAST;
         accept_msg(m, len, 0);
+
+        /* Found by the fuzzer: flags were read before the length check. */
+        m->hdr.length = sizeof m->hdr;
+        reject(m, sizeof m->hdr, 0, "MERGED_KEPT: length 16 shorter than 24");
 }
 END_TEST
 
