@@ -72,6 +72,22 @@ managed_restarted() {
         wait_for "${DEDUPD_START_S:-10}" "[ -f '$T/status' ]" || fail "dedupd $DEDUPD_PID did not start"
 }
 
+# pool_inodes PID: inodes of the pool memfds PID maps or holds
+pool_inodes() {
+        awk '$6 ~ /^\/memfd:dedupd-pool/ { print $5 }' "/proc/$1/maps"
+        for f in /proc/"$1"/fd/*; do
+                case "$(readlink "$f")" in /memfd:dedupd-pool*) command stat -L -c %i "$f" ;; esac
+        done
+}
+
+# no_stale_pools PID: PID maps or holds no pool the running dedupd does not
+# hold (by inode: every dedupd names its pools alike), so the kernel has
+# freed those of dead dedupds; else false, with them in $stale
+no_stale_pools() {
+        stale=$(pool_inodes "$1" | sort -u | grep -vxF "$(pool_inodes "$DEDUPD_PID" | sort -u)" || true)
+        [ -z "$stale" ]
+}
+
 # sim_var NAME: NAME as a shell variable suffix (VM names may hold - . :)
 sim_var() { echo "$1" | tr -c 'A-Za-z0-9_\n' _; }
 

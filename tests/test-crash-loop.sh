@@ -91,20 +91,10 @@ echo "after $loops kills: pages_sharing=$(stat $T/status pages_sharing) zero_pag
 wait_for 20 "[ \$(stat $T/status pools_claiming) = 0 ]" ||
         fail "$(stat $T/status pools_claiming) pools passed back never settled"
 
-# Pool memfds mapped or held by a guest: only the live dedupd's (by inode:
-# every dedupd names its pools alike). Those it took back from the fd store
-# are its own.
-pool_inodes() {
-        awk '$6 ~ /^\/memfd:dedupd-pool/ { print $5 }' "/proc/$1/maps"
-        for f in /proc/"$1"/fd/*; do
-                case "$(readlink "$f")" in /memfd:dedupd-pool*) command stat -L -c %i "$f" ;; esac
-        done
-}
-live=$(pool_inodes "$DEDUPD_PID" | sort -u)
+# Those it took back from the fd store are the last dedupd's own.
 for g in a b c; do
-        p=$(eval echo \$SIM_PID_$g)
-        stale=$(pool_inodes "$p" | sort -u | grep -vxF "$live" || true)
-        [ -z "$stale" ] || fail "guest $g still maps or holds pools of a dead dedupd (inodes $(echo $stale))"
+        no_stale_pools "$(eval echo \$SIM_PID_$g)" || fail "guest $g still maps or holds pools of a dead dedupd" \
+                "(inodes $(echo $stale))"
 done
 echo "no guest maps or holds a pool the last dedupd does not hold"
 check_guests final

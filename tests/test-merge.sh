@@ -102,8 +102,13 @@ wait_for 60 "[ \$(( \$(stat $T/status pages_sharing) + \$(stat $T/status zero_pa
         fail "after the restart saved only $(stat $T/status pages_sharing) sharing + $(stat $T/status zero_pages) zero pages"
 echo "after restart: pages_sharing=$(stat $T/status pages_sharing) zero_pages=$(stat $T/status zero_pages)"
 sleep 2
+# Without an fd store the new dedupd could not keep the old pools: the
+# agents copied what they had on them back, and no longer map them.
 for g in a b c; do
         [ "$(stat $T/$g.stats hangs)" = 0 ] || fail "guest $g reports a hung writer"
+        no_stale_pools "$(eval echo \$SIM_PID_$g)" || fail "guest $g still maps or holds pools of a dead dedupd" \
+                "(inodes $(echo $stale))"
         stop_sim $g
 done
+echo "no guest maps or holds a pool of the dead dedupds"
 echo "PASS"
