@@ -5,7 +5,9 @@
  * them to the engine, then flush the merges it asked for as batches. When
  * the cursor wraps, a full scan is done: the engine rebuilds its unstable
  * tree, and each region is checked again for foreign mappers and each VMM's
- * VMA count is cross-checked with /proc/PID/maps.
+ * VMA count is cross-checked with /proc/PID/maps. Small guests scan fully
+ * many times a second; the foreign-mapper check reads every process's maps,
+ * so it runs at most once every MAPPERS_RECHECK_USEC.
  *
  * With Run=2 the same timer drives the incremental unmerge-all instead, a
  * bounded batch per tick, so the event loop (and D-Bus) stays live; VMs
@@ -77,9 +79,15 @@ static void advise(Manager *m) {
         manager_bus_property_changed(m, "PagesToScan");
 }
 
+#define MAPPERS_RECHECK_USEC (2ull * 1000 * 1000)
+
 static void full_scan_done(Manager *m) {
+        uint64_t now = now_usec(CLOCK_MONOTONIC);
+        bool recheck = now - m->mappers_checked_us >= MAPPERS_RECHECK_USEC;
         int r;
 
+        if (recheck)
+                m->mappers_checked_us = now;
         advise(m);
         r = dedup_engine_full_scan_done(m->engine);
         if (r < 0)
@@ -90,7 +98,7 @@ static void full_scan_done(Manager *m) {
 
                 if (!vm || vm->disconnected || !vm->hello_done)
                         continue;
-                for (unsigned j = 0; j < vm->n_regions; j++) {
+                for (unsigned j = 0; recheck && j < vm->n_regions; j++) {
                         bool was = vm->regions[j].reason[0];
                         if (!vm_region_mergeable(vm, &vm->regions[j])) {
                                 foreign = true;
@@ -106,7 +114,6 @@ static void full_scan_done(Manager *m) {
                 if (vm_resync_vmas(vm) >= 0 && vm->reason[0] && vma_budget_can_add(&vm->vma, 16 * VMA_RUN_COST))
                         vm->reason[0] = 0;
         }
-        manager_write_status(m);
 }
 
 /* Advance the cursor to the next region worth scanning; false if none. */

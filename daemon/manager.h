@@ -173,6 +173,7 @@ struct Manager {
         sd_event_source *scan_timer;
         uint64_t full_scan_started_us;  /* for the advisor: wall and CPU time */
         uint64_t full_scan_cpu_us;
+        uint64_t mappers_checked_us;    /* last foreign-mapper check (full_scan_done()) */
 
         Config *config;                 /* merge group rules */
         char *bus_spec;                 /* --bus: "system", "session", an address or "none" */

@@ -55,6 +55,12 @@ stop_managed_dedupd() {
         rm -f "$T/svc.pid"
 }
 
+# process_diagnosis PID: what PID is doing (state, stack with gdb if any)
+process_diagnosis() {
+        echo "$(grep '^State' /proc/$1/status 2>/dev/null);"
+        command -v gdb >/dev/null && gdb -p "$1" -batch -ex 'bt 16' 2>/dev/null | grep '^#'
+}
+
 # svc_started OLD: SVC is the main process svc-manager started after OLD
 svc_started() {
         wait_for 10 "[ -s '$T/svc.pid' ] && [ \"\$(cat '$T/svc.pid')\" != '$1' ]" ||
@@ -69,7 +75,8 @@ managed_restarted() {
         rm -f "$T/status"
         svc_started "$1"
         DEDUPD_PID=$SVC
-        wait_for "${DEDUPD_START_S:-10}" "[ -f '$T/status' ]" || fail "dedupd $DEDUPD_PID did not start"
+        wait_for "${DEDUPD_START_S:-10}" "[ -f '$T/status' ]" ||
+                fail "dedupd $DEDUPD_PID did not start: $(process_diagnosis "$DEDUPD_PID")"
 }
 
 # pool_inodes PID: inodes of the pool memfds PID maps or holds

@@ -32,9 +32,8 @@ random_sleep() {
 
 # What dedupd is doing when it does not answer on the bus.
 bus_diagnosis() {
-        echo "dedupd $DEDUPD_PID $(grep '^State' /proc/$DEDUPD_PID/status);"
         echo "org.dedupd1 owned by $($B status org.dedupd1 2>&1 | grep -E '^(PID|UniqueName)=' | tr '\n' ' ');"
-        command -v gdb >/dev/null && gdb -p "$DEDUPD_PID" -batch -ex 'bt 12' 2>/dev/null | grep '^#'
+        echo "dedupd $DEDUPD_PID $(process_diagnosis "$DEDUPD_PID")"
 }
 
 merged_some() {
