@@ -7,7 +7,13 @@ set -eu
 : "${top_builddir:=$(cd "$(dirname "$0")/.." && pwd)}"
 DEDUPD="$top_builddir/daemon/dedupd"
 SIM="$top_builddir/tests/guest-sim"
-T=$(mktemp -d /tmp/dedupd-test.XXXXXX)
+# On tmpfs: dedupd's status file and the guests' stats files are rewritten
+# several times a second, and on a disk file system under I/O load one
+# open() or rename() can block for seconds, stalling dedupd's event loop
+# (seen as D-Bus calls timing out). DEDUPD_TEST_TMP overrides.
+tmp=${DEDUPD_TEST_TMP:-/dev/shm}
+[ -d "$tmp" ] && [ -w "$tmp" ] || tmp=/tmp
+T=$(mktemp -d "$tmp/dedupd-test.XXXXXX")
 PIDS=""
 
 cleanup() {
