@@ -193,13 +193,20 @@ static int pool_make(int fd, uint16_t group, int nid, const char *name, const Po
         p->group = group;
         p->nid = nid < 0 ? -1 : nid;
         p->chunk = chunk;
-        p->reserve = reserve;
         snprintf(p->name, sizeof p->name, "%s", name);
 
-        base = mmap(NULL, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        /* Where that much address space cannot be had (RLIMIT_AS; valgrind
+         * refuses 64 GiB), take what can be, down to one chunk. */
+        for (;;) {
+                base = mmap(NULL, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                if (base != MAP_FAILED || reserve <= chunk)
+                        break;
+                reserve = round_up(reserve / 2, chunk);
+        }
         if (base == MAP_FAILED)
                 return negative_errno();
         p->base = base;
+        p->reserve = reserve;
 
         snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
         p->ro_fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -38,7 +38,8 @@
 typedef struct Pool Pool;
 
 typedef struct PoolConfig {
-        uint64_t reserve_bytes; /* max capacity (VA reserved up front); 0 = default */
+        uint64_t reserve_bytes; /* max capacity (VA reserved up front, halved until the
+                                 * mmap succeeds); 0 = default */
         uint64_t chunk_bytes;   /* growth step; 0 = default */
 } PoolConfig;
 
