@@ -154,6 +154,8 @@ struct DedupEngine {
         /* content read for confirmation; aligned for word-wise compares */
         uint8_t buf[DEDUP_PAGE_SIZE] __attribute__((aligned(64)));
         uint8_t buf2[DEDUP_PAGE_SIZE] __attribute__((aligned(64)));
+        /* content of a page scanned by hash, read when needed */
+        uint8_t page_buf[DEDUP_PAGE_SIZE] __attribute__((aligned(64)));
 
         DedupEngineStats st;            /* metadata_bytes and pages_tracked computed on read */
 };

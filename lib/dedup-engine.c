@@ -396,6 +396,8 @@ void dedup_engine_reset_stats(DedupEngine *e) {
         e->st.full_scans = 0;
         e->st.merge_aborts = 0;
         e->st.unmerges = 0;
+        e->st.pages_changed = 0;
+        e->st.pages_written = 0;
         for (uint32_t i = 0; i < e->n_vms; i++) {
                 e->vms[i].merge_aborts = 0;
                 e->vms[i].unmerges = 0;

@@ -91,6 +91,10 @@ typedef struct DedupEngineStats {
         uint64_t pages_pending;         /* merges and unmerges in flight */
         uint64_t metadata_bytes;        /* engine memory, all included */
         uint64_t pages_tracked;         /* pages of all registered regions */
+        uint64_t pages_changed;         /* scans that found a page new or changed since its
+                                         * last scan, or started a merge: a full scan
+                                         * adding none found nothing to do */
+        uint64_t pages_written;         /* dedup_engine_page_written() calls */
 } DedupEngineStats;
 
 typedef struct DedupVmStats {
@@ -153,6 +157,20 @@ int dedup_engine_vm_stats(const DedupEngine *e, uint32_t vm, DedupVmStats *ret);
  * across nodes). Returns 0 or -errno (only -ENOMEM and op errors that
  * are not about content). */
 int dedup_engine_scan_page(DedupEngine *e, dedup_page_t page, const void *data, int nid);
+/* The page's content hash as the engine computes it, and whether the page
+ * is all zeros. Uses only what dedup_engine_new() was given: callable from
+ * any thread, concurrently with other engine calls (if ops->hash is). */
+uint64_t dedup_engine_hash(const DedupEngine *e, const void *data, bool *ret_zero);
+/* dedup_engine_scan_page() for a page the caller hashed with
+ * dedup_engine_hash() (on a scan thread, say) and no longer holds. Where
+ * the engine needs the content itself (to write a new canonical page, or
+ * to compare when merges do not verify) it reads it with the page_read op;
+ * a page whose content no longer has that hash counts as changed and is
+ * not merged. */
+int dedup_engine_scan_hashed(DedupEngine *e, dedup_page_t page, uint64_t hash, bool zero, int nid);
+/* Optional: start loading what scanning a page of this hash will look up
+ * (a hash table slot is a cache miss); call it some pages ahead. */
+void dedup_engine_prefetch(const DedupEngine *e, dedup_page_t page, uint64_t hash, int nid);
 /* The caller went once over all pages: rebuild the unstable tree, prune
  * stale dups, move migrated canonical pages to their node's tree. */
 int dedup_engine_full_scan_done(DedupEngine *e);
@@ -190,7 +208,7 @@ int dedup_engine_unmerge_all(DedupEngine *e, unsigned budget);
 int dedup_engine_unmerge_vm(DedupEngine *e, uint32_t vm, unsigned budget);
 
 void dedup_engine_stats(const DedupEngine *e, DedupEngineStats *ret);
-/* Zero the event counters (scanned, full scans, aborts, unmerges); state
+/* Zero the event counters (scanned, full scans, aborts, unmerges, changed, written); state
  * counters (shared, sharing, ...) describe the present and stay. */
 void dedup_engine_reset_stats(DedupEngine *e);
 

@@ -165,6 +165,7 @@ void dedup_engine_page_written(DedupEngine *e, dedup_page_t page) {
 
         if (!s)
                 return;
+        e->st.pages_written++;
         switch (slot_state(s)) {
         case DEDUP_PAGE_MERGED:
         case DEDUP_PAGE_UNMERGING:
@@ -199,10 +200,17 @@ int dedup_engine_adopt_zero(DedupEngine *e, dedup_page_t page) {
         return 0;
 }
 
-static bool is_zero(DedupEngine *e, uint64_t hash, const void *data) {
+static bool is_zero(const DedupEngine *e, uint64_t hash, const void *data) {
         static const uint8_t zero[DEDUP_PAGE_SIZE];
 
         return hash == e->zero_hash && memcmp(data, zero, DEDUP_PAGE_SIZE) == 0;
+}
+
+uint64_t dedup_engine_hash(const DedupEngine *e, const void *data, bool *ret_zero) {
+        uint64_t hash = engine_hash(e, data);
+
+        *ret_zero = is_zero(e, hash, data);
+        return hash;
 }
 
 /* Find a confirmed twin of page in the unstable tree, or DEDUP_PAGE_NONE. */
@@ -282,31 +290,64 @@ static int merge_pair(DedupEngine *e, Tree *t, dedup_page_t page, dedup_page_t o
         return r;
 }
 
-int dedup_engine_scan_page(DedupEngine *e, dedup_page_t page, const void *data, int nid) {
-        Region *reg;
-        PageSlot *s = engine_slot(e, page, &reg);
-        uint32_t match, target, csum;
-        dedup_page_t other;
+static void set_volatile(DedupEngine *e, Region *reg, PageSlot *s, uint32_t csum) {
+        engine_set_state(e, reg, s, DEDUP_PAGE_VOLATILE);
+        s->w1 = csum;
+        s->w0 |= SLOT_HAVE_CSUM;
+}
+
+/* The content of a page scanned by hash, read now into e->page_buf: 1 if it
+ * still has that hash; 0 if it cannot be read, or if it changed since it
+ * was hashed (then it is volatile, with its new checksum); or -ENOMEM. */
+static int fetch(DedupEngine *e, Region *reg, PageSlot *s, dedup_page_t page, uint64_t hash) {
+        uint64_t now;
+        int r;
+
+        r = e->ops.page_read(e->userdata, page, e->page_buf);
+        if (r < 0)
+                return r == -ENOMEM ? r : 0;
+        now = engine_hash(e, e->page_buf);
+        if (now == hash)
+                return 1;
+        set_volatile(e, reg, s, (uint32_t) now);
+        return 0;
+}
+
+/* The slot of page if it is one to look at now, else NULL with *ret set to
+ * what the scan call returns. */
+static PageSlot *scannable(DedupEngine *e, dedup_page_t page, Region **ret_reg, int *ret) {
+        PageSlot *s = engine_slot(e, page, ret_reg);
         unsigned st;
-        uint64_t hash;
+
+        *ret = s ? 0 : -ENOENT;
+        if (!s)
+                return NULL;
+        st = slot_state(s);
+        if (st != DEDUP_PAGE_NEW && st != DEDUP_PAGE_VOLATILE && st != DEDUP_PAGE_UNSTABLE)
+                return NULL;    /* merged or in flight: nothing to look at */
+        if (e->vms[(*ret_reg)->vm].removing)
+                return NULL;
+        return s;
+}
+
+/* KSM's cmp_and_merge_page() for a scannable page whose content hashes to
+ * hash; data is that content, or NULL if the caller no longer holds it. */
+static int scan(DedupEngine *e, Region *reg, PageSlot *s, dedup_page_t page, uint64_t hash, const void *data,
+                bool zero, int nid) {
+        uint32_t match, target, csum = (uint32_t) hash;
+        dedup_page_t other;
         Tree *t;
         bool listed;
         int r;
 
-        if (!s)
-                return -ENOENT;
-        st = slot_state(s);
-        if (st != DEDUP_PAGE_NEW && st != DEDUP_PAGE_VOLATILE && st != DEDUP_PAGE_UNSTABLE)
-                return 0;       /* merged or in flight: nothing to look at */
-        if (e->vms[reg->vm].removing)
-                return 0;
         e->st.pages_scanned++;
         /* Already in this scan's unstable tree (scanned twice in a scan). */
-        listed = st == DEDUP_PAGE_UNSTABLE && (s->w0 & SLOT_PARITY) == e->parity;
+        listed = slot_state(s) == DEDUP_PAGE_UNSTABLE && (s->w0 & SLOT_PARITY) == e->parity;
 
-        hash = engine_hash(e, data);
-        if (e->use_zero_pages && is_zero(e, hash, data))
+        if (e->use_zero_pages && zero) {
+                e->st.pages_changed++;
                 return scan_start_merge(e, page, ZERO_NODE);
+        }
 
         t = engine_tree(e, e->vms[reg->vm].group, nid, true);
         if (!t)
@@ -314,24 +355,33 @@ int dedup_engine_scan_page(DedupEngine *e, dedup_page_t page, const void *data, 
         r = stable_search(e, t, hash, data, true, &match, &target);
         if (r < 0)
                 return r;
-        if (target != NODE_NONE)
+        if (target != NODE_NONE) {
+                e->st.pages_changed++;
                 return scan_start_merge(e, page, target);
+        }
 
         /* Volatility filter: only content unchanged since the last scan may
          * enter the unstable tree. */
-        csum = (uint32_t) hash;
         if (!(s->w0 & SLOT_HAVE_CSUM) || s->w1 != csum) {
-                engine_set_state(e, reg, s, DEDUP_PAGE_VOLATILE);
-                s->w1 = csum;
-                s->w0 |= SLOT_HAVE_CSUM;
+                set_volatile(e, reg, s, csum);
+                e->st.pages_changed++;
                 return 0;
         }
 
         r = unstable_search(e, t, page, csum, data, &other);
         if (r < 0)
                 return r;
-        if (other != DEDUP_PAGE_NONE)
+        if (other != DEDUP_PAGE_NONE) {
+                e->st.pages_changed++;
+                if (!data) {
+                        /* The canonical page is written from the content. */
+                        r = fetch(e, reg, s, page, hash);
+                        if (r <= 0)
+                                return r;
+                        data = e->page_buf;
+                }
                 return merge_pair(e, t, page, other, hash, data, nid, match);
+        }
 
         if (listed)
                 return 0;
@@ -346,6 +396,51 @@ int dedup_engine_scan_page(DedupEngine *e, dedup_page_t page, const void *data, 
         engine_set_state(e, reg, s, DEDUP_PAGE_UNSTABLE);
         s->w0 = (s->w0 & ~SLOT_PARITY) | e->parity;
         return 0;
+}
+
+int dedup_engine_scan_page(DedupEngine *e, dedup_page_t page, const void *data, int nid) {
+        Region *reg;
+        PageSlot *s;
+        uint64_t hash;
+        bool zero;
+        int r;
+
+        s = scannable(e, page, &reg, &r);
+        if (!s)
+                return r;
+        hash = dedup_engine_hash(e, data, &zero);
+        return scan(e, reg, s, page, hash, data, zero, nid);
+}
+
+int dedup_engine_scan_hashed(DedupEngine *e, dedup_page_t page, uint64_t hash, bool zero, int nid) {
+        Region *reg;
+        PageSlot *s;
+        int r;
+
+        s = scannable(e, page, &reg, &r);
+        if (!s)
+                return r;
+        if (e->merge_verifies || (e->use_zero_pages && zero))
+                return scan(e, reg, s, page, hash, NULL, zero, nid);
+        /* Lookups compare content: read it now, and scan what it is now. */
+        r = e->ops.page_read(e->userdata, page, e->page_buf);
+        if (r < 0)
+                return r == -ENOMEM ? r : 0;
+        hash = dedup_engine_hash(e, e->page_buf, &zero);
+        return scan(e, reg, s, page, hash, e->page_buf, zero, nid);
+}
+
+void dedup_engine_prefetch(const DedupEngine *e, dedup_page_t page, uint64_t hash, int nid) {
+        Region *reg = engine_region(e, page);
+        Tree *t;
+
+        if (!reg)
+                return;
+        t = engine_tree((DedupEngine *) e, e->vms[reg->vm].group, nid, false);
+        if (!t)
+                return;
+        table_prefetch(&t->stable, (uint32_t) hash);
+        table_prefetch(&t->unstable, (uint32_t) hash);
 }
 
 /* Entries of t's unstable tree whose page is still unstable. */
@@ -364,13 +459,35 @@ static uint32_t unstable_live(const DedupEngine *e, const Tree *t) {
         return n;
 }
 
+/* The same count for every tree at once, by the group of each page's VM,
+ * walking the slots in order (the tables' entries are a cache miss each):
+ * when merging across nodes, where a group has a single tree. */
+static void count_unstable(DedupEngine *e) {
+        for (uint32_t i = 0; i < e->n_trees; i++)
+                e->trees[i].unstable_last = 0;
+        for (uint32_t i = 0; i < e->n_regions; i++) {
+                const Region *r = &e->regions[i];
+                Tree *t = engine_tree(e, e->vms[r->vm].group, 0, false);
+                uint32_t n = 0;
+
+                for (uint32_t p = 0; t && p < r->npages; p++)
+                        n += slot_state(&r->slots[p]) == DEDUP_PAGE_UNSTABLE &&
+                             (r->slots[p].w0 & SLOT_PARITY) == e->parity;
+                if (t)
+                        t->unstable_last += n;
+        }
+}
+
 int dedup_engine_full_scan_done(DedupEngine *e) {
+        if (e->merge_across_nodes)
+                count_unstable(e);
         for (uint32_t i = 0; i < e->n_trees; i++) {
                 Tree *t = &e->trees[i];
                 /* Size the next scan's tree from the pages that stayed in
                  * this one, so it is allocated once, without slack from
                  * growth or from entries that merged meanwhile. */
-                t->unstable_last = unstable_live(e, t);
+                if (!e->merge_across_nodes)
+                        t->unstable_last = unstable_live(e, t);
                 table_clear(&t->unstable);
         }
         e->parity ^= SLOT_PARITY;

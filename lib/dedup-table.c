@@ -137,3 +137,13 @@ uint32_t table_iter_next(const Table *t, TableIter *it) {
                         return v;
         }
 }
+
+void table_prefetch(const Table *t, uint32_t key) {
+        uint32_t i;
+
+        if (t->cap == 0)
+                return;
+        i = home(key, t->cap);
+        __builtin_prefetch(&t->values[i]);
+        __builtin_prefetch(&t->fps[i]);
+}

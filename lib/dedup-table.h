@@ -48,3 +48,5 @@ size_t table_bytes(const Table *t);
  * the full key). Returns TABLE_EMPTY when done. */
 void table_iter_init(const Table *t, uint32_t key, TableIter *it);
 uint32_t table_iter_next(const Table *t, TableIter *it);
+/* Start loading the cache lines a lookup of key probes first. */
+void table_prefetch(const Table *t, uint32_t key);

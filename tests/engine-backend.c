@@ -214,9 +214,39 @@ void backend_write(Backend *b, dedup_page_t page, uint64_t cid) {
                 dedup_engine_page_written(b->e, page);
 }
 
+static int scan_hashed(Backend *b, dedup_page_t first, uint32_t n, int nid) {
+        uint8_t buf[DEDUP_PAGE_SIZE] __attribute__((aligned(8)));
+        uint64_t *hash = calloc(n, sizeof(uint64_t));
+        bool *zero = calloc(n, sizeof(bool));
+        int r = 0;
+
+        if (!hash || !zero) {
+                free(hash);
+                free(zero);
+                return -ENOMEM;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+                content_fill(backend_visible(b, first + i), buf);
+                hash[i] = dedup_engine_hash(b->e, buf, &zero[i]);
+        }
+        if (b->between)
+                b->between(b->between_userdata);
+        for (uint32_t i = 0; i < n && r >= 0; i++) {
+                if (i + 1 < n)
+                        dedup_engine_prefetch(b->e, first + i + 1, hash[i + 1], nid);
+                if (!dedup_engine_should_skip(b->e, first + i))
+                        r = dedup_engine_scan_hashed(b->e, first + i, hash[i], zero[i], nid);
+        }
+        free(hash);
+        free(zero);
+        return r;
+}
+
 int backend_scan(Backend *b, dedup_page_t first, uint32_t n, int nid) {
         uint8_t buf[DEDUP_PAGE_SIZE] __attribute__((aligned(8)));
 
+        if (b->hashed)
+                return scan_hashed(b, first, n, nid);
         for (dedup_page_t p = first; p < first + n; p++) {
                 int r;
 

@@ -30,6 +30,12 @@ typedef struct Backend {
         uint64_t live_canon;
         bool async;                     /* merges/unmerges return DEDUP_PENDING */
         bool force_hash;                /* every page hashes to 42 */
+        /* backend_scan() hashes all its pages first, then feeds the hashes
+         * (dedup_engine_scan_hashed()), as dedupd's scan threads do; with
+         * between() called in the gap, where guest writes make them stale. */
+        bool hashed;
+        void (*between)(void *userdata);
+        void *between_userdata;
         uint64_t now;
         uint64_t ops_merge, ops_unmerge, ops_read;  /* ops_read: page and canonical reads */
         uint64_t bad_merges;            /* merges that would have changed content */
@@ -45,7 +51,7 @@ int backend_restart(Backend *b);
 uint64_t backend_visible(const Backend *b, dedup_page_t page);
 /* Guest write: the page shows cid from now on. */
 void backend_write(Backend *b, dedup_page_t page, uint64_t cid);
-/* Scan pages [first, first+n) on node nid. */
+/* Scan pages [first, first+n) on node nid (hashed first if b->hashed). */
 int backend_scan(Backend *b, dedup_page_t first, uint32_t n, int nid);
 /* Async mode: finish the page's in-flight merge or unmerge now. */
 void backend_complete(Backend *b, dedup_page_t page);

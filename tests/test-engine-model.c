@@ -5,6 +5,10 @@
  * changes, checked after every step against a reference model (what every
  * page must show, what the backend maps) and the engine's own self-check.
  * DEDUP_MODEL_SEED and DEDUP_MODEL_STEPS reproduce or extend a run.
+ *
+ * The hashed variants scan as dedupd does: pages hashed first (by scan
+ * threads), fed by hash later, merges verified by the backend only, and
+ * guest writes landing between hashing and feeding.
  */
 
 #include <check.h>
@@ -47,6 +51,17 @@ static void add_vm(unsigned v) {
                 B.cid[p] = expected[p] = random_cid();
         }
         alive[v] = true;
+}
+
+/* A guest write between a scan's hashing and its feeding, now and then. */
+static void write_in_gap(void *userdata) {
+        unsigned v = rnd(NVMS);
+        dedup_page_t p = base[v] + rnd(PER);
+
+        if (!alive[v] || rnd(2))
+                return;
+        expected[p] = random_cid();
+        backend_write(&B, p, expected[p]);
 }
 
 static void check_model(unsigned step, const char *op) {
@@ -100,8 +115,13 @@ START_TEST(test_model) {
         rnd_state = seed;
         ck_assert_int_eq(backend_init(&B, NVMS * PER), 0);
         B.async = _i % 2;
-        if (_i >= 2)
+        if (_i & 2)
                 ck_assert_int_eq(dedup_engine_set_merge_across_nodes(B.e, false), 0);
+        if (_i & 4) {
+                B.hashed = true;
+                B.between = write_in_gap;
+                dedup_engine_set_merge_verifies(B.e, true);
+        }
         ck_assert_int_eq(dedup_engine_set_max_page_sharing(B.e, 2 + _i), 0);
         for (unsigned v = 0; v < NVMS; v++)
                 add_vm(v);
@@ -206,15 +226,16 @@ START_TEST(test_model) {
         dedup_engine_stats(B.e, &st);
         ck_assert_uint_eq(st.pages_shared + st.pages_sharing + st.zero_pages + st.stable_node_dups, 0);
         ck_assert_uint_eq(B.live_canon, 0);
-        printf("model: seed=%u steps=%u async=%d numa=%d: ok\n", seed, steps, B.async, _i >= 2);
+        printf("model: seed=%u steps=%u async=%d numa=%d hashed=%d: ok\n", seed, steps, B.async, !!(_i & 2),
+               B.hashed);
         backend_done(&B);
 }
 END_TEST
 
 int main(void) {
-        /* 0: sync, 1: async, 2: sync per-node trees, 3: async per-node trees */
+        /* bit 0: async, bit 1: per-node trees, bit 2: hashed scans */
         const CheckCase cases[] = {
-                { "random_operations", test_model, 300, 4 },
+                { "random_operations", test_model, 300, 8 },
         };
 
         return check_run(check_suite("engine-model", cases, ELEMENTSOF(cases), 0, NULL));

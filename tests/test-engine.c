@@ -232,6 +232,72 @@ START_TEST(test_volatility_filter) {
 }
 END_TEST
 
+/* Scanning by hash (pages hashed first, on dedupd's scan threads) decides
+ * exactly as scanning the pages, whether merges verify or not, and counts
+ * pages_changed until nothing changes any more. */
+START_TEST(test_hashed_same_as_pages) {
+        enum dedup_page_state states[2][3 * 64];
+        DedupEngineStats st[2];
+
+        for (int verifies = 0; verifies <= 1; verifies++) {
+                for (int hashed = 0; hashed <= 1; hashed++) {
+                        setup_vms(3, 64, NULL);
+                        B.hashed = hashed;
+                        dedup_engine_set_merge_verifies(B.e, verifies);
+                        for (uint32_t p = 0; p < 3 * 64; p++)
+                                B.cid[p] = p % 5 == 0 ? 0 : p % 3 == 0 ? 5000 + p : 100 + p % 64;
+                        scan_all(3);
+                        ck_assert_uint_gt(S.pages_changed, 0);
+                        scan_all(1);
+                        st[hashed] = S;
+                        scan_all(1);
+                        ck_assert_uint_eq(S.pages_changed, st[hashed].pages_changed);   /* settled */
+                        for (uint32_t p = 0; p < 3 * 64; p++)
+                                states[hashed][p] = dedup_engine_page_state(B.e, p);
+                        backend_done(&B);
+                }
+                ck_assert_uint_gt(st[1].pages_sharing, 0);
+                ck_assert_uint_gt(st[1].zero_pages, 0);
+                ck_assert_uint_eq(st[0].pages_shared, st[1].pages_shared);
+                ck_assert_uint_eq(st[0].pages_sharing, st[1].pages_sharing);
+                ck_assert_uint_eq(st[0].pages_unshared, st[1].pages_unshared);
+                ck_assert_uint_eq(st[0].zero_pages, st[1].zero_pages);
+                ck_assert_uint_eq(st[0].pages_changed, st[1].pages_changed);
+                ck_assert_mem_eq(states[0], states[1], sizeof(states[0]));
+        }
+        setup_vms(1, 1, NULL);  /* for the teardown */
+}
+END_TEST
+
+static void write_page_1(void *userdata) {
+        backend_write(&B, 1, *(uint64_t *) userdata);
+}
+
+/* A page that changes between its hashing and the engine's turn is not
+ * made a canonical page on its stale hash: the engine reads it to write the
+ * canonical page, sees the new content and takes the page as volatile. */
+START_TEST(test_hashed_stale) {
+        uint64_t cid = 200;
+
+        setup_vms(2, 1, NULL);
+        B.hashed = true;
+        dedup_engine_set_merge_verifies(B.e, true);
+        B.cid[0] = B.cid[1] = 100;
+        scan_all(1);
+        B.between = write_page_1;
+        B.between_userdata = &cid;
+        scan_all(1);            /* page 1 is fed 100's hash, but holds 200 */
+        ck_assert_uint_eq(B.ops_merge, 0);
+        ck_assert_uint_eq(B.live_canon, 0);
+        ck_assert_uint_eq(dedup_engine_page_state(B.e, 1), DEDUP_PAGE_VOLATILE);
+        B.between = NULL;
+        backend_write(&B, 1, 100);      /* and back: merges once steady again */
+        scan_all(2);
+        ck_assert_uint_eq(S.pages_sharing, 1);
+        ck_assert_uint_eq(B.live_canon, 1);
+}
+END_TEST
+
 START_TEST(test_zero_pages) {
         setup_vms(2, 32, NULL);
         for (uint32_t p = 0; p < 16; p++)
@@ -638,6 +704,8 @@ int main(void) {
                 { "merge_verifies_trusts_hash", test_merge_verifies_trusts_hash, 10 },
                 { "thrash_avoidance", test_thrash_avoidance, 10 },
                 { "volatility_filter", test_volatility_filter, 10 },
+                { "hashed_same_as_pages", test_hashed_same_as_pages, 10 },
+                { "hashed_stale", test_hashed_stale, 10 },
                 { "zero_pages", test_zero_pages, 10 },
                 { "groups_isolated", test_groups_isolated, 10 },
                 { "chain_at_limit", test_chain_at_limit, 10 },
