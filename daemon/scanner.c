@@ -28,11 +28,31 @@
  *
  * - On an error or a callback's stop, reads in flight are reaped before
  *   returning, so buffers are never reused while the kernel writes them.
+ *
+ * - A sync scanner has no ring: each extent is read with pread() as it is
+ *   planned, one batch at a time. io_uring cannot read shmem without
+ *   blocking, so it hands those reads to io-wq workers, which copy on
+ *   another CPU: for threads that each hash what they read, copying on the
+ *   same CPU, into a buffer still in its cache, is faster and uses no
+ *   thread more than asked for.
+ *
+ * DOC: ScannerTeam
+ *
+ * One mutex guards a job: the next unit to take, and per unit whether it is
+ * done and what its function returned. A thread takes a unit under the
+ * mutex, reads it without, and marks it done under the mutex again, which
+ * publishes what the function wrote to whoever takes the mutex next: the
+ * caller, in scanner_team_wait(). Worker threads sleep on a condition
+ * variable between jobs; the caller sleeps on another only when the unit it
+ * wants is being read and nothing is left to take. Threads start with every
+ * signal blocked: signals are the event loop's business.
  */
 
 #include <errno.h>
 #include <liburing.h>
 #include <linux/types.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -81,6 +101,7 @@ struct Scanner {
         bool ring_ok;
         bool fixed;             /* buffers registered */
         bool async;
+        bool sync;              /* pread(), no ring */
         bool no_cachestat;      /* the kernel lacks it: lseek only */
         bool broken;            /* io_uring_enter() failed with reads in flight */
         unsigned depth;
@@ -100,7 +121,8 @@ typedef struct Probe {
 
 int scanner_new_full(const ScannerConfig *config, Scanner **ret) {
         _cleanup_(scanner_freep) Scanner *s = NULL;
-        unsigned depth = config && config->queue_depth ? config->queue_depth : 4;
+        bool sync = config && config->sync;
+        unsigned depth = sync ? 1 : config && config->queue_depth ? config->queue_depth : 4;
         unsigned batch = config && config->batch_pages ? config->batch_pages : 256;
         unsigned max_extents = batch / 2 + 1;   /* data, hole, data, ... */
         struct io_uring_params params;
@@ -118,6 +140,7 @@ int scanner_new_full(const ScannerConfig *config, Scanner **ret) {
         s->depth = depth;
         s->batch_pages = batch;
         s->async = config && config->async;
+        s->sync = sync;
 
         p = mmap(NULL, (size_t) depth * batch * PS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED)
@@ -131,6 +154,11 @@ int scanner_new_full(const ScannerConfig *config, Scanner **ret) {
                 s->batches[i].extents = calloc(max_extents, sizeof(Extent));
                 if (!s->batches[i].extents)
                         return -ENOMEM;
+        }
+
+        if (sync) {
+                *ret = TAKE_PTR(s);
+                return 0;
         }
 
         /* Enough SQEs for every batch in flight at its most fragmented. */
@@ -285,14 +313,39 @@ static int next_extent(Scanner *s, Probe *pr, uint64_t pos, uint64_t end, uint64
         return 0;
 }
 
+/* A sync scanner's read of an extent, to its end or EOF: res as a CQE's. */
+static int32_t read_now(int fd, uint8_t *dst, unsigned len, uint64_t off) {
+        unsigned done = 0;
+
+        while (done < len) {
+                ssize_t n = pread(fd, dst + done, len - done, (off_t) (off + done));
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return done > 0 ? (int32_t) done : -errno;
+                if (n == 0)
+                        break;
+                done += (unsigned) n;
+        }
+        return (int32_t) done;
+}
+
 static int queue_read(Scanner *s, int fd, Batch *b) {
-        struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+        struct io_uring_sqe *sqe;
         uint32_t idx = b->nextents - 1;
         Extent *e = &b->extents[idx];
         unsigned slot = (unsigned) (b - s->batches);
         void *dst = b->buf + (size_t) e->first * PS;
         unsigned len = e->npages * PS;
         uint64_t off = b->offset + (uint64_t) e->first * PS;
+
+        if (s->sync) {
+                e->res = read_now(fd, dst, len, off);
+                s->stats.reads++;
+                return 0;
+        }
+        sqe = io_uring_get_sqe(&s->ring);
 
         /* The SQ has room for every extent of every batch in flight at its
          * most fragmented unless that exceeded 4096 entries (deep queues of
@@ -446,7 +499,7 @@ int scanner_read(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_p
                         int k = fill_batch(s, &pr, b, &pos, end);
 
                         if (b->nextents > 0) {
-                                b->pending = b->nextents;
+                                b->pending = s->sync ? 0 : b->nextents;
                                 inflight++;
                                 queued = true;
                         }
@@ -461,7 +514,7 @@ int scanner_read(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_p
                         break;
 
                 Batch *oldest = &s->batches[head];
-                int k = reap(s, queued, oldest->pending > 0);
+                int k = s->sync ? 0 : reap(s, queued, oldest->pending > 0);
                 if (k < 0) {
                         /* Reads may still be in flight into our buffers: this
                          * scanner must not be used again. */
@@ -485,4 +538,202 @@ int scanner_read(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_p
                 inflight--;
         }
         return r;
+}
+
+/* ScannerTeam */
+
+#define MAX_TEAM 64u
+
+typedef struct TeamThread {
+        ScannerTeam *team;
+        pthread_t tid;
+        int error;              /* of its start, once started is set */
+        bool started;
+} TeamThread;
+
+struct ScannerTeam {
+        pthread_mutex_t lock;
+        pthread_cond_t work;    /* workers: a job started, or stop */
+        pthread_cond_t done;    /* the caller: a unit is done */
+        pthread_cond_t ready;   /* scanner_team_new(): a thread started */
+        Scanner *own;
+        ScannerConfig config;
+        TeamThread *threads;
+        unsigned n_threads;     /* started, the caller not counted */
+        bool stop;
+        bool caller_waits;
+
+        /* the job */
+        scanner_unit_fn fn;
+        void *userdata;
+        size_t n_units;
+        size_t next;            /* first unit not taken */
+        size_t busy;            /* units being read */
+        size_t cap;
+        bool *unit_done;
+        int *unit_r;
+};
+
+/* Called with the lock held, returns with it held. */
+static void run_unit(ScannerTeam *t, Scanner *s) {
+        size_t u = t->next++;
+        int r;
+
+        t->busy++;
+        pthread_mutex_unlock(&t->lock);
+        r = t->fn(t->userdata, s, u);
+        pthread_mutex_lock(&t->lock);
+        t->unit_r[u] = r;
+        t->unit_done[u] = true;
+        t->busy--;
+        if (t->caller_waits)
+                pthread_cond_signal(&t->done);
+}
+
+static void *team_main(void *arg) {
+        TeamThread *th = arg;
+        ScannerTeam *t = th->team;
+        _cleanup_(scanner_freep) Scanner *s = NULL;
+        int r;
+
+        /* Created here: its ring belongs to this thread. */
+        r = scanner_new_full(&t->config, &s);
+        pthread_mutex_lock(&t->lock);
+        th->error = r;
+        th->started = true;
+        pthread_cond_broadcast(&t->ready);
+        while (r >= 0 && !t->stop) {
+                if (t->next < t->n_units)
+                        run_unit(t, s);
+                else
+                        pthread_cond_wait(&t->work, &t->lock);
+        }
+        pthread_mutex_unlock(&t->lock);
+        return NULL;
+}
+
+int scanner_team_new(unsigned nthreads, Scanner *own, const ScannerConfig *config, ScannerTeam **ret) {
+        _cleanup_(scanner_team_freep) ScannerTeam *t = NULL;
+        sigset_t all, saved;
+        int r = 0;
+
+        if (nthreads == 0 || nthreads > MAX_TEAM || !own)
+                return -EINVAL;
+        t = calloc(1, sizeof *t);
+        if (!t)
+                return -ENOMEM;
+        pthread_mutex_init(&t->lock, NULL);
+        pthread_cond_init(&t->work, NULL);
+        pthread_cond_init(&t->done, NULL);
+        pthread_cond_init(&t->ready, NULL);
+        t->own = own;
+        if (config)
+                t->config = *config;
+        if (nthreads > 1) {
+                t->threads = calloc(nthreads - 1, sizeof(TeamThread));
+                if (!t->threads)
+                        return -ENOMEM;
+        }
+
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &saved);
+        for (unsigned i = 0; i + 1 < nthreads && r == 0; i++) {
+                TeamThread *th = &t->threads[i];
+
+                th->team = t;
+                r = -pthread_create(&th->tid, NULL, team_main, th);
+                if (r < 0)
+                        break;
+                t->n_threads++;
+                (void) pthread_setname_np(th->tid, "dedupd-scan");
+                pthread_mutex_lock(&t->lock);
+                while (!th->started)
+                        pthread_cond_wait(&t->ready, &t->lock);
+                r = th->error;
+                pthread_mutex_unlock(&t->lock);
+        }
+        pthread_sigmask(SIG_SETMASK, &saved, NULL);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(t);
+        return 0;
+}
+
+ScannerTeam *scanner_team_free(ScannerTeam *t) {
+        if (!t)
+                return NULL;
+        pthread_mutex_lock(&t->lock);
+        t->stop = true;
+        pthread_cond_broadcast(&t->work);
+        pthread_mutex_unlock(&t->lock);
+        for (unsigned i = 0; i < t->n_threads; i++)
+                pthread_join(t->threads[i].tid, NULL);
+        pthread_mutex_destroy(&t->lock);
+        pthread_cond_destroy(&t->work);
+        pthread_cond_destroy(&t->done);
+        pthread_cond_destroy(&t->ready);
+        free(t->threads);
+        free(t->unit_done);
+        free(t->unit_r);
+        free(t);
+        return NULL;
+}
+
+unsigned scanner_team_size(const ScannerTeam *t) {
+        return t->n_threads + 1;
+}
+
+int scanner_team_start(ScannerTeam *t, size_t n, scanner_unit_fn fn, void *userdata) {
+        if (n > t->cap) {
+                bool *d = realloc(t->unit_done, n * sizeof(bool));
+                int *r;
+
+                if (!d)
+                        return -ENOMEM;
+                t->unit_done = d;
+                r = realloc(t->unit_r, n * sizeof(int));
+                if (!r)
+                        return -ENOMEM;
+                t->unit_r = r;
+                t->cap = n;
+        }
+        pthread_mutex_lock(&t->lock);
+        memset(t->unit_done, 0, n * sizeof(bool));
+        t->fn = fn;
+        t->userdata = userdata;
+        t->n_units = n;
+        t->next = 0;
+        pthread_cond_broadcast(&t->work);
+        pthread_mutex_unlock(&t->lock);
+        return 0;
+}
+
+int scanner_team_wait(ScannerTeam *t, size_t unit) {
+        int r;
+
+        pthread_mutex_lock(&t->lock);
+        while (!t->unit_done[unit]) {
+                if (t->next < t->n_units)
+                        run_unit(t, t->own);
+                else {
+                        t->caller_waits = true;
+                        pthread_cond_wait(&t->done, &t->lock);
+                        t->caller_waits = false;
+                }
+        }
+        r = t->unit_r[unit];
+        pthread_mutex_unlock(&t->lock);
+        return r;
+}
+
+void scanner_team_finish(ScannerTeam *t) {
+        pthread_mutex_lock(&t->lock);
+        t->n_units = t->next;
+        while (t->busy > 0) {
+                t->caller_waits = true;
+                pthread_cond_wait(&t->done, &t->lock);
+                t->caller_waits = false;
+        }
+        t->n_units = t->next = 0;
+        pthread_mutex_unlock(&t->lock);
 }

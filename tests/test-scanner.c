@@ -3,6 +3,8 @@
  * The scanner on real memfds: exact content in offset order, holes (never
  * written and punched) skipped and never allocated, EOF, a callback's stop,
  * one submit per batch, and a throughput figure on 1 GiB of unique pages.
+ * A ScannerTeam reads units on several threads and hands them back in
+ * order, each unit read once, nothing touched after scanner_team_finish().
  *
  * `strace -f -c ./test-scanner` shows the syscalls: io_uring_enter about
  * once per batch, no pread, no mmap of the memfd.
@@ -18,6 +20,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -102,7 +105,11 @@ static void layout(bool *data, bool *punch) {
         data[999] = false;      /* a hole at EOF */
 }
 
+/* Sync scanners (pread, no ring) for the content-sync case. */
+static bool sync_reads;
+
 static void check_range(unsigned depth, unsigned batch, uint64_t first, uint64_t n) {
+        const ScannerConfig config = { .queue_depth = depth, .batch_pages = batch, .sync = sync_reads };
         _cleanup_(scanner_freep) Scanner *sc = NULL;
         _cleanup_close_ int fd = -EBADF;
         bool data[NPAGES], punch[NPAGES], seen[NPAGES] = {};
@@ -113,7 +120,7 @@ static void check_range(unsigned depth, unsigned batch, uint64_t first, uint64_t
 
         layout(data, punch);
         fd = make_memfd(NPAGES, data, punch);
-        ck_assert_int_eq(scanner_new(depth, batch, &sc), 0);
+        ck_assert_int_eq(scanner_new_full(&config, &sc), 0);
         ck_assert_int_eq(fstat(fd, &before), 0);
         ck_assert_int_eq(scanner_read(sc, fd, first * PS, (uint32_t) n, collect, &s), 0);
         ck_assert_int_eq(fstat(fd, &after), 0);
@@ -140,6 +147,17 @@ START_TEST(test_content) {
         check_range(2, 7, 0, NPAGES);
         check_range(8, 256, 0, NPAGES);
         check_range(64, 4096, 0, NPAGES);
+}
+END_TEST
+
+/* The same with pread() instead of io_uring; the depth is ignored. */
+START_TEST(test_content_sync) {
+        sync_reads = true;
+        check_range(1, 16, 0, NPAGES);
+        check_range(1, 1, 0, NPAGES);
+        check_range(4, 7, 3, 500);
+        check_range(1, 4096, 0, NPAGES + 10);
+        sync_reads = false;
 }
 END_TEST
 
@@ -298,6 +316,119 @@ START_TEST(test_fragmented_deep) {
 }
 END_TEST
 
+/* --- ScannerTeam --- */
+
+#define UNIT 64u
+
+typedef struct TeamUnit {
+        int fd;
+        uint64_t first;
+        uint32_t n;                     /* pages delivered */
+        uint64_t offsets[UNIT];
+        uint64_t hashes[UNIT];
+        pid_t tid;
+        atomic_int runs;
+} TeamUnit;
+
+static int team_page(void *userdata, uint64_t offset, const void *page) {
+        TeamUnit *u = userdata;
+
+        u->offsets[u->n] = offset;
+        u->hashes[u->n++] = XXH3_64bits(page, PS);
+        return 0;
+}
+
+static int team_unit(void *userdata, Scanner *s, size_t unit) {
+        TeamUnit *u = &((TeamUnit *) userdata)[unit];
+
+        atomic_fetch_add(&u->runs, 1);
+        u->tid = gettid();
+        u->n = 0;
+        return scanner_read(s, u->fd, u->first * PS, UNIT, team_page, u);
+}
+
+/* Every unit of the layout, in order, read once, right. */
+static void check_team(unsigned nthreads) {
+        _cleanup_(scanner_freep) Scanner *own = NULL;
+        _cleanup_(scanner_team_freep) ScannerTeam *t = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        bool data[NPAGES], punch[NPAGES];
+        const size_t nunits = DIV_ROUND_UP(NPAGES, UNIT);
+        TeamUnit *units = calloc(nunits, sizeof(TeamUnit));
+        uint8_t want[PS];
+        pid_t tids[4] = {};
+        unsigned ntids = 0;
+
+        ck_assert_ptr_nonnull(units);
+        layout(data, punch);
+        fd = make_memfd(NPAGES, data, punch);
+        ck_assert_int_eq(scanner_new(4, 16, &own), 0);
+        ck_assert_int_eq(scanner_team_new(nthreads, own, NULL, &t), 0);
+        ck_assert_uint_eq(scanner_team_size(t), nthreads);
+
+        for (int round = 0; round < 3; round++) {
+                uint64_t page = 0;
+
+                for (size_t i = 0; i < nunits; i++)
+                        units[i] = (TeamUnit) { .fd = fd, .first = i * UNIT };
+                ck_assert_int_eq(scanner_team_start(t, nunits, team_unit, units), 0);
+                for (size_t i = 0; i < nunits; i++) {
+                        TeamUnit *u = &units[i];
+                        unsigned k = 0;
+
+                        ck_assert_int_eq(scanner_team_wait(t, i), 0);
+                        ck_assert_int_eq(atomic_load(&u->runs), 1);
+                        for (; page < MIN((i + 1) * UNIT, (uint64_t) NPAGES); page++) {
+                                if (!data[page])
+                                        continue;
+                                fill(want, page);
+                                ck_assert_uint_lt(k, u->n);
+                                ck_assert_uint_eq(u->offsets[k], page * PS);
+                                ck_assert_uint_eq(u->hashes[k], XXH3_64bits(want, PS));
+                                k++;
+                        }
+                        ck_assert_uint_eq(k, u->n);
+                        for (unsigned j = 0; j < ntids && u->tid; j++)
+                                if (tids[j] == u->tid)
+                                        u->tid = 0;
+                        if (u->tid && ntids < ELEMENTSOF(tids))
+                                tids[ntids++] = u->tid;
+                }
+                scanner_team_finish(t);
+        }
+        printf("scanner team of %u: units read by %u threads\n", nthreads, ntids);
+
+        /* Stopping early: units taken are finished, the rest never start. */
+        for (size_t i = 0; i < nunits; i++)
+                units[i] = (TeamUnit) { .fd = fd, .first = i * UNIT };
+        ck_assert_int_eq(scanner_team_start(t, nunits, team_unit, units), 0);
+        ck_assert_int_eq(scanner_team_wait(t, 1), 0);
+        scanner_team_finish(t);
+        for (size_t i = 0; i < nunits; i++)
+                ck_assert_int_le(atomic_load(&units[i].runs), 1);
+        usleep(10000);
+        for (size_t i = 0, runs = 0; i < nunits; i++) {
+                ck_assert_int_le(atomic_load(&units[i].runs), 1);
+                runs += (size_t) atomic_load(&units[i].runs);
+                ck_assert_uint_ge(runs, i < 2 ? i + 1 : 2);
+        }
+        free(units);
+}
+
+START_TEST(test_team) {
+        _cleanup_(scanner_freep) Scanner *own = NULL;
+        ScannerTeam *t = NULL;
+
+        check_team(1);
+        check_team(3);
+        ck_assert_int_eq(scanner_new(1, 1, &own), 0);
+        ck_assert_int_eq(scanner_team_new(0, own, NULL, &t), -EINVAL);
+        ck_assert_int_eq(scanner_team_new(65, own, NULL, &t), -EINVAL);
+        ck_assert_int_eq(scanner_team_new(2, NULL, NULL, &t), -EINVAL);
+        ck_assert_ptr_null(t);
+}
+END_TEST
+
 static int hash_page(void *userdata, uint64_t offset, const void *page) {
         *(uint64_t *) userdata ^= XXH3_64bits(page, PS);
         return 0;
@@ -306,6 +437,47 @@ static int hash_page(void *userdata, uint64_t offset, const void *page) {
 static int touch_page(void *userdata, uint64_t offset, const void *page) {
         *(uint64_t *) userdata += *(const uint64_t *) page;
         return 0;
+}
+
+typedef struct BenchUnit {
+        int fd;
+        uint64_t off;
+        uint64_t sink;
+} BenchUnit;
+
+static int bench_unit(void *userdata, Scanner *s, size_t unit) {
+        BenchUnit *u = &((BenchUnit *) userdata)[unit];
+
+        return scanner_read(s, u->fd, u->off, 512, hash_page, &u->sink);
+}
+
+/* A team reading and hashing 1 GiB in units of 2 MiB, as dedupd's scan
+ * threads do; GiB/s for 1 thread up to the CPUs there are (at most 4). */
+static void bench_team(int fd, uint64_t size, const ScannerConfig *config) {
+        size_t nunits = size / (512 * PS);
+        BenchUnit *units = calloc(nunits, sizeof(BenchUnit));
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+        ck_assert_ptr_nonnull(units);
+        for (unsigned n = 1; n <= MIN(cpus, 4L); n++) {
+                _cleanup_(scanner_freep) Scanner *own = NULL;
+                _cleanup_(scanner_team_freep) ScannerTeam *t = NULL;
+                double t0;
+
+                ck_assert_int_eq(scanner_new_full(config, &own), 0);
+                ck_assert_int_eq(scanner_team_new(n, own, config, &t), 0);
+                for (size_t i = 0; i < nunits; i++)
+                        units[i] = (BenchUnit) { .fd = fd, .off = i * 512 * PS };
+                t0 = now_ns();
+                ck_assert_int_eq(scanner_team_start(t, nunits, bench_unit, units), 0);
+                for (size_t i = 0; i < nunits; i++)
+                        ck_assert_int_eq(scanner_team_wait(t, i), 0);
+                scanner_team_finish(t);
+                printf("scanner bench: team of %u, units of 2 MiB, %s batch %4u: %.2f GiB/s with xxh3\n", n,
+                       config->sync ? "pread   " : "io_uring", config->batch_pages,
+                       1e9 * ((double) size / (1 << 30)) / (now_ns() - t0));
+        }
+        free(units);
 }
 
 /* Figures: GiB/s over 1 GiB of unique pages, per configuration. */
@@ -317,6 +489,10 @@ START_TEST(test_bench) {
         static const ScannerConfig configs[] = {
                 { 4, 64, false }, { 4, 256, false }, { 2, 1024, false }, { 8, 64, false },
                 { 4, 64, true },  { 4, 256, true },  { 16, 64, true },
+        };
+        static const ScannerConfig team_configs[] = {
+                { .queue_depth = 2, .batch_pages = 256 }, { .batch_pages = 64, .sync = true },
+                { .batch_pages = 256, .sync = true },
         };
         uint64_t sink = 0;
         double t0;
@@ -355,6 +531,8 @@ START_TEST(test_bench) {
                        configs[c].queue_depth, configs[c].batch_pages, configs[c].async ? " async" : "      ",
                        1e9 / t_touch, 1e9 / t_hash, (unsigned long long) st.submits, (unsigned long long) st.reads);
         }
+        for (size_t c = 0; c < ELEMENTSOF(team_configs); c++)
+                bench_team(fd, size, &team_configs[c]);
         t0 = now_ns();
         {
                 uint8_t *p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
@@ -373,12 +551,14 @@ END_TEST
 static Suite *scanner_suite(void) {
         const CheckCase cases[] = {
                 { "content", test_content },
+                { "content-sync", test_content_sync },
                 { "subrange", test_subrange },
                 { "eof", test_eof },
                 { "sparse", test_sparse },
                 { "stop", test_stop },
                 { "one-submit-per-batch", test_one_submit_per_batch },
                 { "fragmented-deep", test_fragmented_deep },
+                { "team", test_team },
                 { "bench", test_bench },
         };
 
