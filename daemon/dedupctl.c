@@ -36,7 +36,7 @@ static double arg_interval = 1.0;
 static const char *const tunable_names[] = {
         "Run", "PagesToScan", "SleepMillisecs", "MergeAcrossNodes", "UseZeroPages", "MaxPageSharing",
         "StableNodeChainsPruneMillisecs", "SmartScan", "AdvisorMode", "AdvisorTargetScanTimeSec",
-        "AdvisorMaxCpuPercent", "VmaHeadroom",
+        "AdvisorMaxCpuPercent", "VmaHeadroom", "ScanThreads",
 };
 static const char *const counter_names[] = {
         "PagesShared", "PagesSharing", "PagesUnshared", "PagesVolatile", "PagesScanned", "FullScans",
@@ -259,6 +259,7 @@ static int verb_status(sd_bus *bus, int argc, char **argv, sd_bus_error *e) {
                 printf("{");
                 json_field(&first, "Version", props_text(&p, "Version", a, sizeof(a)));
                 json_field(&first, "Run", props_text(&p, "Run", a, sizeof(a)));
+                json_field(&first, "Idle", props_text(&p, "Idle", a, sizeof(a)));
                 snprintf(a, sizeof(a), "%zu", n);
                 json_field(&first, "VMs", a);
                 snprintf(a, sizeof(a), "%lld", (props_num(&p, "PagesSharing") + props_num(&p, "ZeroPages")) * 4096);
@@ -268,8 +269,11 @@ static int verb_status(sd_bus *bus, int argc, char **argv, sd_bus_error *e) {
                 printf("}\n");
         } else {
                 long long run = props_num(&p, "Run");
-                printf("dedupd %s: %s, %zu VMs\n", props_text(&p, "Version", a, sizeof(a)),
-                       run == 0 ? "stopped (Run=0)" : run == 1 ? "merging (Run=1)" : "unmerging everything (Run=2)", n);
+                bool idle = strcmp(props_text(&p, "Idle", b, sizeof(b)), "yes") == 0;
+
+                printf("dedupd %s: %s%s, %zu VMs\n", props_text(&p, "Version", a, sizeof(a)),
+                       run == 0 ? "stopped (Run=0)" : run == 1 ? "merging (Run=1)" : "unmerging everything (Run=2)",
+                       idle ? ", idle (nothing changed in the last full scans)" : "", n);
                 printf("  saved:          %s (%lld pages sharing, %lld zero pages)\n",
                        human((props_num(&p, "PagesSharing") + props_num(&p, "ZeroPages")) * 4096, a, sizeof(a)),
                        props_num(&p, "PagesSharing"), props_num(&p, "ZeroPages"));

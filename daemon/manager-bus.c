@@ -200,6 +200,11 @@ static int method_reset_statistics(sd_bus_message *msg, void *userdata, sd_bus_e
         return sd_bus_reply_method_return(msg, NULL);
 }
 
+static int get_idle(sd_bus *bus, const char *path, const char *interface, const char *property,
+                    sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        return sd_bus_message_append(reply, "b", manager_scan_idle(userdata));
+}
+
 static int get_version(sd_bus *bus, const char *path, const char *interface, const char *property,
                        sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         return sd_bus_message_append(reply, "s", PACKAGE_VERSION);
@@ -210,6 +215,7 @@ static const sd_bus_vtable manager_fixed_vtable[] = {
         SD_BUS_PROPERTY("Version", "s", get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MaxMapCount", "t", NULL, offsetof(Manager, max_map_count), SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("GeneralProfit", "x", get_general_profit, 0, 0),
+        SD_BUS_PROPERTY("Idle", "b", get_idle, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_METHOD_WITH_ARGS("ListVMs", SD_BUS_NO_ARGS,
                                 SD_BUS_RESULT("a(ssuqso)", vms), method_list_vms,
                                 SD_BUS_VTABLE_UNPRIVILEGED),

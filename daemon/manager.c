@@ -36,6 +36,7 @@ int manager_new(Manager **ret) {
         m->canon_room = UINT64_MAX;
         m->advisor_target_sec = 200;
         m->advisor_max_cpu = 70;
+        m->scan_threads = manager_default_scan_threads();
         r = sd_event_default(&m->event);
         if (r >= 0)
                 r = dedup_engine_new(&manager_engine_ops, m, &m->engine);
@@ -43,7 +44,7 @@ int manager_new(Manager **ret) {
                 /* flush_run() compares every page with its canonical page
                  * under protection: lookups need not read either. */
                 dedup_engine_set_merge_verifies(m->engine, true);
-                r = scanner_new(4, 256, &m->scanner);
+                r = scanner_new_full(manager_scan_config(), &m->scanner);
         }
         if (r >= 0)
                 r = vma_budget_read_max_map_count(NULL, &m->max_map_count);
@@ -76,6 +77,7 @@ Manager *manager_free(Manager *m) {
         memcg_free(m->memcg);
         for (unsigned i = 0; i < m->n_pools; i++)
                 pool_free(m->pools[i]);
+        manager_scan_free(m);
         scanner_free(m->scanner);
         numa_topology_free(m->topology);
         sd_event_source_disable_unref(m->listen_source);
@@ -391,6 +393,7 @@ void manager_write_status(Manager *m) {
                 (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE),
                 (unsigned long long) m->punched_pages, m->n_pools, m->n_holds, m->memory_limited,
                 m->n_claiming, (unsigned long long) m->kept_pages);
+        manager_scan_write_status(m, f);
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];
                 DedupVmStats vs;

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
@@ -31,6 +32,7 @@
 
 typedef struct Manager Manager;
 typedef struct Vm Vm;
+typedef struct ScanJob ScanJob;
 
 /* One guest RAM region of a VM. */
 typedef struct VmRegion {
@@ -104,6 +106,27 @@ struct Vm {
         uint32_t kept_refused_seq, kept_replied_seq;
 };
 
+/* Idle mode (manager-scan.c): scanning sleeps once a full scan of guest
+ * RAM, write-protected while it ran, changed nothing; it resumes when a
+ * guest writes or anything else in a ScanMark changes. */
+typedef enum ScanPhase {
+        SCAN_ACTIVE,                    /* scanning */
+        SCAN_SETTLING,                  /* a full scan of protected RAM, no page skipped:
+                                         * if it changes nothing, idle */
+        SCAN_IDLE,                      /* not scanning while the mark stays the same */
+} ScanPhase;
+
+/* What changes when there may be something new to merge. */
+typedef struct ScanMark {
+        uint64_t changed;               /* engine counters: pages_changed, */
+        uint64_t written;               /* pages_written, */
+        uint64_t unmerges;              /* unmerges, */
+        uint64_t aborts;                /* merge_aborts */
+        uint64_t pending;               /* merges and unmerges in flight */
+        uint64_t regions;               /* a hash of the regions to scan, their memfds'
+                                         * allocated blocks and the memory limit */
+} ScanMark;
+
 /* Canonical pages still mapped by a VMM that the daemon no longer talks to
  * (its agent said BYE or broke the protocol but the process lives on): they
  * must not be punched until that process exits. */
@@ -173,7 +196,20 @@ struct Manager {
         sd_event_source *scan_timer;
         uint64_t full_scan_started_us;  /* for the advisor: wall and CPU time */
         uint64_t full_scan_cpu_us;
-        uint64_t mappers_checked_us;    /* last foreign-mapper check (full_scan_done()) */
+        uint64_t full_scan_us;          /* how long the last full scan took */
+
+        /* scan threads and idle mode (manager-scan.c) */
+        unsigned scan_threads;          /* ScanThreads: readers, the event loop's thread included */
+        ScannerTeam *scan_team;         /* the other scan_threads - 1, NULL for none */
+        unsigned scan_team_failed;      /* a ScanThreads that could not start: not retried */
+        ScanJob *scan_job;              /* one round of reads and hashes */
+        ScanPhase scan_phase;
+        ScanMark scan_mark;             /* at the start of this full scan; while idle, since */
+        uint64_t vms_checked_us;        /* foreign mappers and VMA counts last checked */
+        sd_event_source *watch_post;    /* settling or idle: checks the mark after every event */
+        unsigned quiet_scans;           /* full scans in a row that changed nothing */
+        unsigned settle_after;          /* quiet full scans wanted before settling */
+        uint64_t idle_entries;          /* times scanning went idle */
 
         Config *config;                 /* merge group rules */
         char *bus_spec;                 /* --bus: "system", "session", an address or "none" */
@@ -263,3 +299,15 @@ void manager_settle_pools(Manager *m);
 
 /* manager-scan.c */
 int manager_schedule_scan(Manager *m);
+/* How scan threads read, m->scanner included. */
+const ScannerConfig *manager_scan_config(void);
+/* ScanThreads' default: half the online CPUs, at least 1. */
+unsigned manager_default_scan_threads(void);
+/* Something changed that may make pages mergeable (a tunable): leave idle
+ * mode now. */
+void manager_scan_wake(Manager *m, const char *why);
+bool manager_scan_idle(const Manager *m);
+/* Status file lines of the scanner. */
+void manager_scan_write_status(Manager *m, FILE *f);
+/* Stop the scan threads (before m->scanner is freed). */
+void manager_scan_free(Manager *m);

@@ -31,6 +31,7 @@ FIELD_GETTER(sleep_ms)
 FIELD_GETTER(advisor_mode)
 FIELD_GETTER(advisor_target_sec)
 FIELD_GETTER(advisor_max_cpu)
+FIELD_GETTER(scan_threads)
 
 static uint32_t get_run(const Manager *m) {
         return m->run;
@@ -110,6 +111,8 @@ const Tunable tunables[] = {
           "CPU the advisor may let scanning use", get_advisor_max_cpu, set_advisor_max_cpu },
         { "VmaHeadroom", "vma-headroom", 'u', 0, 1000000, NULL,
           "VMAs kept free below vm.max_map_count", get_vma_headroom, set_vma_headroom },
+        { "ScanThreads", "scan-threads", 'u', 1, 64, NULL,
+          "threads reading and hashing pages", get_scan_threads, set_scan_threads },
 };
 const size_t n_tunables = ELEMENTSOF(tunables);
 
@@ -201,6 +204,8 @@ int tunable_set(Manager *m, const Tunable *t, uint32_t v, char *err, size_t errl
         }
         log_info("%s changed from %s to %s", t->name, tunable_format(t, cur, old, sizeof(old)),
                  tunable_format(t, v, new, sizeof(new)));
+        /* What a full scan found may not hold under the new value. */
+        manager_scan_wake(m, "a tunable changed");
         return 1;
 }
 

@@ -64,6 +64,10 @@ static void help(void) {
                "                            default 0): pages merge first, then the churn\n"
                "                            measures un-merge (COW break) latency. SIGUSR1\n"
                "                            also restarts the fault_write_* statistics\n"
+               "  --writes-after=SECONDS    writers write nothing, volatile pages included,\n"
+               "                            until SECONDS after start or SIGUSR1 (default 0):\n"
+               "                            a guest idle until told\n"
+               "  --max-writes=N            each writer stops after N writes (default 0: never)\n"
                "  --duration=SECONDS        run time, decimals allowed (default 0: until\n"
                "                            SIGTERM or SIGINT)\n"
                "  --verify-interval-ms=N    pause between verify passes (default 0: continuous)\n"
@@ -189,6 +193,8 @@ enum {
         ARG_WRITE_RATE,
         ARG_CHURN_PCT,
         ARG_CHURN_AFTER,
+        ARG_WRITES_AFTER,
+        ARG_MAX_WRITES,
         ARG_DURATION,
         ARG_VERIFY_INTERVAL,
         ARG_STATS_INTERVAL,
@@ -220,6 +226,8 @@ int sim_options_parse(struct sim_options *o, struct sim_layout *l, int argc, cha
                 { "write-rate", required_argument, NULL, ARG_WRITE_RATE },
                 { "churn-pct", required_argument, NULL, ARG_CHURN_PCT },
                 { "churn-after", required_argument, NULL, ARG_CHURN_AFTER },
+                { "writes-after", required_argument, NULL, ARG_WRITES_AFTER },
+                { "max-writes", required_argument, NULL, ARG_MAX_WRITES },
                 { "duration", required_argument, NULL, ARG_DURATION },
                 { "verify-interval-ms", required_argument, NULL, ARG_VERIFY_INTERVAL },
                 { "stats-interval-ms", required_argument, NULL, ARG_STATS_INTERVAL },
@@ -312,6 +320,12 @@ int sim_options_parse(struct sim_options *o, struct sim_layout *l, int argc, cha
                         break;
                 case ARG_CHURN_AFTER:
                         r = parse_seconds_ms("churn-after", optarg, &o->churn_after_ms);
+                        break;
+                case ARG_WRITES_AFTER:
+                        r = parse_seconds_ms("writes-after", optarg, &o->writes_after_ms);
+                        break;
+                case ARG_MAX_WRITES:
+                        r = parse_u64("max-writes", optarg, 0, UINT64_MAX, &o->max_writes);
                         break;
                 case ARG_DURATION:
                         r = parse_seconds_ms("duration", optarg, &o->duration_ms);

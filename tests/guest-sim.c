@@ -117,6 +117,7 @@ struct sim {
 
         uint64_t start_ns;              /* CLOCK_MONOTONIC when writers started */
         _Atomic uint64_t churn_at_ns;   /* writers rewrite churned pages from then on */
+        _Atomic uint64_t writes_at_ns;  /* writers write nothing before */
         /* Verifier statistics, written by the verifier (and the final pass
          * in main after the verifier is joined), read by main: relaxed. */
         _Atomic uint64_t passes;        /* complete verify passes */
@@ -498,8 +499,16 @@ static void *writer_main(void *arg) {
         uint64_t next = now_ns();
 
         while (!atomic_load_explicit(&s->stop_writers, memory_order_relaxed)) {
-                bool churn = now_ns() >= atomic_load_explicit(&s->churn_at_ns, memory_order_relaxed);
+                uint64_t t = now_ns();
+                bool churn = t >= atomic_load_explicit(&s->churn_at_ns, memory_order_relaxed);
                 size_t n = churn ? w->n_pages : w->n_volatile;
+
+                if (t < atomic_load_explicit(&s->writes_at_ns, memory_order_relaxed) ||
+                    (s->opt.max_writes && atomic_load_explicit(&w->writes, memory_order_relaxed) >= s->opt.max_writes)) {
+                        sleep_ns(TICK_MSEC * NSEC_PER_MSEC);
+                        next = now_ns();
+                        continue;
+                }
 
                 if (n == 0) {
                         sleep_ns(TICK_MSEC * NSEC_PER_MSEC);
@@ -733,6 +742,7 @@ static int sim_run(struct sim *s, const sigset_t *sigs) {
                                 for (unsigned us = 0; us <= SIM_FAULT_HIST_USEC; us++)
                                         atomic_store_explicit(&s->writers[i].fault_hist[us], 0, memory_order_relaxed);
                         atomic_store_explicit(&s->churn_at_ns, now_ns(), memory_order_relaxed);
+                        atomic_store_explicit(&s->writes_at_ns, now_ns(), memory_order_relaxed);
                         printf("guest-sim: SIGUSR1 received, churn starts, faulted-write histogram restarts\n");
                 } else if (sig > 0) {
                         printf("guest-sim: %s received, stopping\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -776,6 +786,7 @@ static int sim_start_threads(struct sim *s) {
 
         s->start_ns = now_ns();
         s->churn_at_ns = s->start_ns + s->opt.churn_after_ms * NSEC_PER_MSEC;
+        s->writes_at_ns = s->start_ns + s->opt.writes_after_ms * NSEC_PER_MSEC;
         r = pthread_create(&s->verifier, NULL, verifier_main, s);
         if (r)
                 return fprintf(stderr, "guest-sim: starting verifier thread: %s\n", strerror(r)), -r;

@@ -150,6 +150,8 @@ struct sim_options {
         uint64_t write_rate;            /* writes per second per writer, 0 = unthrottled */
         uint64_t duration_ms;           /* 0 = until SIGTERM/SIGINT */
         uint64_t churn_after_ms;        /* churn writes begin this long after start */
+        uint64_t writes_after_ms;       /* no writes at all before this long after start */
+        uint64_t max_writes;            /* per writer, 0 = no limit */
         uint64_t verify_interval_ms;    /* pause between verify passes, 0 = continuous */
         uint64_t stats_interval_ms;     /* stdout stats line period, 0 = none */
         const char *stats_file;

@@ -27,6 +27,7 @@ skip() { echo "SKIP: $*"; exit 77; }
 fail() {
         echo "FAIL: $*"
         [ -f "$T/dedupd.log" ] && { echo "--- dedupd log (tail)"; tail -n 30 "$T/dedupd.log"; }
+        [ -f "$T/status" ] && { echo "--- dedupd status"; grep -v '^vm' "$T/status" | tr '\n' ' '; echo; }
         exit 1
 }
 

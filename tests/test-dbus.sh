@@ -44,6 +44,7 @@ StableNodeChainsPruneMillisecs u 500 86400001
 AdvisorTargetScanTimeSec u 60 0
 AdvisorMaxCpuPercent u 50 101
 VmaHeadroom u 2048 1000001
+ScanThreads u 2 65
 Run u 0 3
 EOF
 # Booleans and the mode take any well-typed value; only the mode has bad ones.
@@ -65,6 +66,10 @@ $B set-property $M PagesToScan u 4096
 $B set-property $M SleepMillisecs u 5
 $B set-property $M Run u 1
 wait_for 5 "grep -q PagesToScan $T/monitor" || { cat $T/monitor; fail "no PropertiesChanged for PagesToScan"; }
+
+# Idle reads as a boolean; scanning on two threads (ScanThreads set
+# above) goes on below.
+case "$($B get-property $M Idle)" in "b true" | "b false") ;; *) fail "Idle: $($B get-property $M Idle)" ;; esac
 
 # Guests merge: counters move, a VM object per guest.
 for g in a b; do
