@@ -41,7 +41,7 @@ enum {
         SLOT_PARITY = 1u << 3,
         SLOT_HAVE_CSUM = 1u << 4,
         SLOT_AGE_SHIFT = 5,             /* 4 bits: scans without a merge (smart scan) */
-        SLOT_SKIP_SHIFT = 9,            /* 4 bits: scans still to skip */
+        SLOT_SKIP_SHIFT = 9,            /* 4 bits: scans still to skip (thrash avoidance) */
         SLOT_NODE_SHIFT = 3,
 };
 #define SLOT_NIBBLE 0xFu
@@ -149,6 +149,7 @@ struct DedupEngine {
         uint32_t n_trees;
 
         uint32_t parity;                /* SLOT_PARITY or 0: flips every full scan */
+        uint32_t scan_seq;              /* full scans done: smart scan's phase */
         uint64_t zero_hash;
         dedup_page_t unmerge_cursor;
         /* content read for confirmation; aligned for word-wise compares */

@@ -30,9 +30,16 @@ static uint32_t unstable_key(const void *ctx, uint32_t page) {
         return page * 0x9e3779b9u;
 }
 
-/* KSM's skip_age(): pages that never merge are looked at less and less. */
-static unsigned skip_for_age(unsigned age) {
-        return age <= 3 ? 1 : age <= 5 ? 2 : age <= 8 ? 4 : 8;
+/* KSM's skip_age(), as a period: a page that never merges is looked at in
+ * every 2nd, then 4th, then 8th full scan. Unlike KSM's countdowns, which
+ * scans those are does not depend on the page: scan_seq a multiple of the
+ * period. So two pages of the same content that have both aged are looked
+ * at in the same full scan within 8 scans and meet in its unstable tree;
+ * with KSM's per-page countdowns (periods 2, 3, 5, 9) a guest started
+ * after another had aged its pages could stay out of phase with it for
+ * good, and none of its pages merged. */
+static unsigned scan_period(unsigned age) {
+        return age <= 3 ? 2 : age <= 5 ? 4 : 8;
 }
 
 bool dedup_engine_should_skip(DedupEngine *e, dedup_page_t page) {
@@ -52,11 +59,10 @@ bool dedup_engine_should_skip(DedupEngine *e, dedup_page_t page) {
         /* Young pages go through every phase of merging first. */
         if (age < 3)
                 return false;
-        if (skips == 0) {
-                s->w0 = (s->w0 & ~(SLOT_NIBBLE << SLOT_SKIP_SHIFT)) | skip_for_age(age) << SLOT_SKIP_SHIFT;
+        if (skips > 0)
+                s->w0 -= 1u << SLOT_SKIP_SHIFT;
+        else if (e->scan_seq % scan_period(age) == 0)
                 return false;
-        }
-        s->w0 -= 1u << SLOT_SKIP_SHIFT;
         /* Skipped pages leave the unstable tree, as KSM removes their rmap item. */
         if (st == DEDUP_PAGE_UNSTABLE)
                 engine_set_state(e, r, s, DEDUP_PAGE_VOLATILE);
@@ -153,11 +159,12 @@ void dedup_engine_unmerge_done(DedupEngine *e, dedup_page_t page, int r) {
 }
 
 /* Thrash avoidance (with smart scan): a merged page the guest writes is
- * then looked at like a page that never merges, once every
- * skip_for_age(THRASH_AGE) + 1 scans, starting with a skip, until it merges
- * again: a page the guest keeps rewriting is not merged and broken again
- * at every scan. */
+ * skipped for THRASH_SKIPS scans, then looked at like a page that never
+ * merges, once every scan_period(THRASH_AGE) scans, until it merges again:
+ * a page the guest keeps rewriting is not merged and broken again at every
+ * scan. */
 #define THRASH_AGE 9u
+#define THRASH_SKIPS 8u
 
 void dedup_engine_page_written(DedupEngine *e, dedup_page_t page) {
         Region *reg;
@@ -171,7 +178,7 @@ void dedup_engine_page_written(DedupEngine *e, dedup_page_t page) {
         case DEDUP_PAGE_UNMERGING:
         case DEDUP_PAGE_ZERO:
                 leave(e, reg, s, page);
-                s->w0 |= THRASH_AGE << SLOT_AGE_SHIFT | skip_for_age(THRASH_AGE) << SLOT_SKIP_SHIFT;
+                s->w0 |= THRASH_AGE << SLOT_AGE_SHIFT | THRASH_SKIPS << SLOT_SKIP_SHIFT;
                 break;
         case DEDUP_PAGE_MERGING:
                 /* The merge will be refused (the write lifted the protection). */
@@ -492,6 +499,7 @@ int dedup_engine_full_scan_done(DedupEngine *e) {
         }
         e->parity ^= SLOT_PARITY;
         e->st.full_scans++;
+        e->scan_seq++;
         stable_prune_all(e);
         return stable_migrate_all(e);
 }
