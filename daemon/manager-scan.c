@@ -176,8 +176,6 @@ static void ahead(Manager *m, const ScanSeg *seg, ScanHash *h, bool across) {
 /* Hand a unit's hashes to the engine, in offset order. */
 static int feed(Manager *m, const ScanUnit *u) {
         bool across = dedup_engine_get_merge_across_nodes(m->engine);
-        /* Settling looks at every page: a skipped one could have changed. */
-        bool may_skip = m->scan_phase != SCAN_SETTLING;
 
         for (uint32_t i = 0; i < MIN(PREFETCH_AHEAD, u->n); i++)
                 ahead(m, u->seg, &u->hashes[i], across);
@@ -187,8 +185,6 @@ static int feed(Manager *m, const ScanUnit *u) {
 
                 if (i + PREFETCH_AHEAD < u->n)
                         ahead(m, u->seg, &u->hashes[i + PREFETCH_AHEAD], across);
-                if (may_skip && dedup_engine_should_skip(m->engine, page))
-                        continue;
                 if (dedup_engine_scan_hashed(m->engine, page, h->hash, h->zero, h->nid) == -ENOMEM)
                         return -ENOMEM;
         }
@@ -227,9 +223,11 @@ static int run_round(Manager *m, ScanJob *j) {
  * blocking, so it hands every read to an io-wq worker, which copies the
  * pages on another CPU than the one hashing them next. Measured on 2 CPUs
  * (tests/bench/scan-bench, 2 GiB of unique pages): 2.6 GiB/s with one scan
- * thread and 3.8-4.1 with two, against 1.9-2.3 and 3.5 with io_uring. */
+ * thread and 3.8-4.1 with two, against 1.9-2.3 and 3.5 with io_uring.
+ * Batches of 32 pages (128 KiB) are hashed while still in L2: 3.4 GiB/s
+ * per CPU against 3.2 with 256 (4 GiB, SmartScan off). */
 const ScannerConfig *manager_scan_config(void) {
-        static const ScannerConfig config = { .batch_pages = 256, .sync = true };
+        static const ScannerConfig config = { .batch_pages = 32, .sync = true };
 
         return &config;
 }
@@ -367,8 +365,15 @@ static bool cursor_region(Manager *m, Vm **ret_vm, VmRegion **ret_reg, bool *ret
         }
 }
 
-/* Plan a round: units from the cursor on, within *budget, up to the end of
- * the full scan. */
+/* Smart scan's skip (settling looks at every page: a skipped one could
+ * have changed), decided before reading: a skipped page is not read. */
+static bool skip(Manager *m, const VmRegion *reg, uint64_t index) {
+        return m->scan_phase != SCAN_SETTLING && dedup_engine_should_skip(m->engine, reg->first + (dedup_page_t) index);
+}
+
+/* Plan a round: units of pages to read from the cursor on, within *budget
+ * (pages read; skipped pages cost only a look at their slot), up to the
+ * end of the full scan. */
 static void plan(Manager *m, ScanJob *j, unsigned *budget, bool *ret_wrapped) {
         Vm *vm;
         VmRegion *reg;
@@ -376,20 +381,31 @@ static void plan(Manager *m, ScanJob *j, unsigned *budget, bool *ret_wrapped) {
         j->n_segs = j->n_units = 0;
         while (*budget > 0 && j->n_units < ROUND_UNITS && cursor_region(m, &vm, &reg, ret_wrapped)) {
                 ScanSeg *seg = &j->segs[j->n_segs++];
+                unsigned units = j->n_units;
 
                 *seg = (ScanSeg) { .vm = vm, .reg = reg, .fd = reg->memfd, .memfd_offset = reg->memfd_offset };
                 snprintf(seg->key, sizeof(seg->key), "%s/%u", vm->name, reg->id);
                 while (*budget > 0 && j->n_units < ROUND_UNITS && m->cursor_page < reg->npages) {
-                        uint32_t n = (uint32_t) MIN(MIN(*budget, UNIT_PAGES), reg->npages - m->cursor_page);
+                        uint32_t max, n = 0;
 
-                        j->units[j->n_units] = (ScanUnit) {
-                                .engine = m->engine, .seg = seg, .first = m->cursor_page, .npages = n,
-                                .hashes = &j->hashes[(size_t) j->n_units * UNIT_PAGES],
-                        };
-                        j->n_units++;
-                        m->cursor_page += n;
+                        while (m->cursor_page < reg->npages && skip(m, reg, m->cursor_page))
+                                m->cursor_page++;
+                        max = (uint32_t) MIN(MIN(*budget, UNIT_PAGES), reg->npages - m->cursor_page);
+                        while (n < max && !skip(m, reg, m->cursor_page + n))
+                                n++;
+                        if (n > 0) {
+                                j->units[j->n_units] = (ScanUnit) {
+                                        .engine = m->engine, .seg = seg, .first = m->cursor_page, .npages = n,
+                                        .hashes = &j->hashes[(size_t) j->n_units * UNIT_PAGES],
+                                };
+                                j->n_units++;
+                        }
+                        /* and past the skipped page that ended the unit */
+                        m->cursor_page += n < max ? n + 1 : n;
                         *budget -= n;
                 }
+                if (j->n_units == units)
+                        j->n_segs--;    /* every page skipped: no unit needs it */
                 m->scanned_any = true;
         }
 }

@@ -54,6 +54,11 @@ bool dedup_engine_should_skip(DedupEngine *e, dedup_page_t page) {
                 return false;
         age = nibble(s->w0, SLOT_AGE_SHIFT);
         skips = nibble(s->w0, SLOT_SKIP_SHIFT);
+        /* Content not seen since the page was new (never read, written
+         * since, or a hole): look at it, and do not age it. Callers may ask
+         * before reading, so holes stay young until they hold data. */
+        if (!(s->w0 & SLOT_HAVE_CSUM) && skips == 0)
+                return false;
         if (age < SLOT_NIBBLE)
                 s->w0 += 1u << SLOT_AGE_SHIFT;
         /* Young pages go through every phase of merging first. */
