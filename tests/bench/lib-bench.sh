@@ -67,7 +67,7 @@ trap 'exit 130' INT TERM
 now() { date +%s.%N; }
 
 # ratio A B: A / B with two decimals, inf when B is 0
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "inf" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print (a > 0 ? "inf" : "n/a") }'; }
 
 # ticks_s PID: CPU seconds of PID, all its threads, the dead ones too.
 ticks_s() {
@@ -104,6 +104,10 @@ saved_pages() {
 
 scanned_pages() {
         if [ "$1" = dedupd ]; then stat "$T/status" pages_scanned; else cat "$KSM/pages_scanned"; fi
+}
+
+full_scans() {
+        if [ "$1" = dedupd ]; then stat "$T/status" full_scans; else cat "$KSM/full_scans"; fi
 }
 
 # start_engine ENGINE [dedupd options...]: dedupd (not merging yet, on a
@@ -183,14 +187,15 @@ sims_max() {
 }
 
 # converge ENGINE MAX_S [QUIET_S]: merge from now until savings stop
-# growing (under 1% more in QUIET_S seconds, default 5) or MAX_S pass. Sets SAVED (pages), CONVERGE95_S (seconds
-# until 95% of SAVED), CPU_S and SCANNED (CPU seconds and pages scanned
-# until then).
+# growing (under 1% more in QUIET_S seconds, default 5) after the engine
+# went twice over all memory (a starved ksmd may not run for a while), or
+# MAX_S pass. Sets SAVED (pages), CONVERGE95_S (seconds until 95% of
+# SAVED), CPU_S and SCANNED (CPU seconds and pages scanned until then).
 converge() {
         engine=$1 max=$2 quiet=${3:-5}
         : >"$T/samples"
         cpu0=$(engine_cpu_s "$engine")
-        scan0=$(scanned_pages "$engine")
+        scan0=$(scanned_pages "$engine") full0=$(full_scans "$engine")
         t0=$(now)
         run_engine "$engine"
         ref=0 tref=0
@@ -200,7 +205,8 @@ converge() {
                 saved=$(saved_pages "$engine")
                 echo "$t $saved $(engine_cpu_s "$engine") $(scanned_pages "$engine")" >>"$T/samples"
                 if [ "$saved" -gt $((ref + ref / 100 + 16)) ]; then ref=$saved tref=$t; fi
-                awk -v t="$t" -v r="$tref" -v m="$max" -v q="$quiet" 'BEGIN { exit !(t - r >= q || t >= m) }' && break
+                awk -v t="$t" -v r="$tref" -v m="$max" -v q="$quiet" -v f="$(( $(full_scans "$engine") - full0 ))" \
+                        'BEGIN { exit !((t - r >= q && f >= 2) || t >= m) }' && break
         done
         SAVED=$saved
         set -- $(awk -v goal="$((saved * 95 / 100))" -v c0="$cpu0" -v s0="$scan0" \
