@@ -442,19 +442,22 @@ void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg) {
 }
 
 int vm_resync_vmas(Vm *vm) {
-        uint64_t now = 0, vmas;
+        uint64_t vmas;
         int r;
 
-        (void) sd_event_now(vm->manager->event, CLOCK_MONOTONIC, &now);
-        if (now - vm->vma_counted_us < 100 * 1000)
+        if (now_usec(CLOCK_MONOTONIC) - vm->vma_counted_us < 100 * 1000)
                 return -EAGAIN;         /* counted moments ago: the count stands */
-        vm->vma_counted_us = now;
         r = vma_count_pid(NULL, vm->pid, &vmas);
         if (r < 0)
                 return r;
+        vm_set_vmas(vm, vmas);
+        return 0;
+}
+
+void vm_set_vmas(Vm *vm, uint64_t vmas) {
+        vm->vma_counted_us = now_usec(CLOCK_MONOTONIC);
         /* Remaps sent and not answered are not in the VMM's maps yet. */
         vma_budget_resync(&vm->vma, vmas + VMA_RUN_COST * (vm->remaps_sent - vm->remaps_done - vm->remaps_aborted));
-        return 0;
 }
 
 void vm_fail_inflight(Vm *vm) {

@@ -84,6 +84,7 @@
 #include <unistd.h>
 
 #include "manager.h"
+#include "mappers.h"
 #include "uffd-ops.h"
 #include "util.h"
 
@@ -287,39 +288,75 @@ static void advise(Manager *m) {
         manager_bus_property_changed(m, "PagesToScan");
 }
 
-/* Regions with foreign mappers, VMA counts: at the end of a full scan, at
- * most every VMS_CHECK_USEC (they read /proc/PID/maps of every process,
- * and small guests are scanned many times a second), and while idle every
- * IDLE_CHECK_USEC or every full-scan time, whichever is longer, foreign
- * mappers only: nothing merges while idle, and a VMM with merged runs has
- * thousands of VMAs to count. */
-static void check_vms(Manager *m, uint64_t interval, bool count_vmas) {
+static bool vm_live(const Vm *vm) {
+        return vm && !vm->disconnected && vm->hello_done;
+}
+
+static void count_vmas(void *userdata, pid_t pid, uint64_t vmas) {
+        Manager *m = userdata;
+
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
+                if (vm_live(m->vms[i]) && m->vms[i]->pid == pid)
+                        vm_set_vmas(m->vms[i], vmas);
+}
+
+/* Regions with foreign mappers, and VMA counts, in one pass over every
+ * process's /proc/PID/maps (a VMM with merged runs has thousands of lines;
+ * a pass per region made it VMs x VMMs reads): at the end of a full scan,
+ * at most every VMS_CHECK_USEC (small guests are scanned many times a
+ * second), and while idle every IDLE_CHECK_USEC or every full-scan time,
+ * whichever is longer. */
+static void check_vms(Manager *m, uint64_t interval) {
         uint64_t now = now_usec(CLOCK_MONOTONIC);
+        _cleanup_free_ MappedFile *files = NULL;
+        size_t n = 0, k = 0;
+        int r;
 
         if (now - m->vms_checked_us < interval)
                 return;
         m->vms_checked_us = now;
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
+                if (vm_live(m->vms[i]))
+                        n += m->vms[i]->n_regions;
+        if (n == 0)
+                return;
+        files = calloc(n, sizeof(MappedFile));
+        if (!files) {
+                log_oom();
+                return;
+        }
+        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
+                for (unsigned j = 0; vm_live(m->vms[i]) && j < m->vms[i]->n_regions; j++)
+                        files[k++] = (MappedFile) {
+                                .dev = m->vms[i]->regions[j].dev,
+                                .ino = m->vms[i]->regions[j].ino,
+                                .owner = m->vms[i]->pid,
+                        };
+        r = mappers_scan_files(NULL, files, n, getpid(), count_vmas, m);
+        k = 0;
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];
                 bool foreign = false;
 
-                if (!vm || vm->disconnected || !vm->hello_done)
+                if (!vm_live(vm))
                         continue;
-                for (unsigned j = 0; j < vm->n_regions; j++) {
-                        bool was = vm->regions[j].reason[0];
-                        if (!vm_region_mergeable(vm, &vm->regions[j])) {
-                                foreign = true;
-                                if (!was)
-                                        log_warning("VM '%s' region %u: %s: unmerging it", vm->name,
-                                                    vm->regions[j].id, vm->regions[j].reason);
-                        }
+                for (unsigned j = 0; j < vm->n_regions; j++, k++) {
+                        VmRegion *reg = &vm->regions[j];
+                        bool was = reg->reason[0];
+
+                        vm_region_set_mappers(reg, r, files[k].foreign, files[k].n_foreign);
+                        if (!reg->reason[0])
+                                continue;
+                        foreign = true;
+                        if (!was)
+                                log_warning("VM '%s' region %u: %s: unmerging it", vm->name, reg->id, reg->reason);
                 }
                 /* Merged pages of a region someone else maps read as zeros
                  * there: give them back their own copies. */
                 if (foreign)
                         (void) dedup_engine_unmerge_vm(m->engine, vm->engine_vm, UINT32_MAX);
-                if (count_vmas && vm_resync_vmas(vm) >= 0 && vm->reason[0] &&
-                    vma_budget_can_add(&vm->vma, 16 * VMA_RUN_COST))
+                /* Counted just now: room again below the VMA budget? */
+                if (vm->vma_counted_us >= now && vm->reason[0] && vma_budget_can_add(&vm->vma, 16 * VMA_RUN_COST))
                         vm->reason[0] = 0;
         }
 }
@@ -331,7 +368,7 @@ static void full_scan_done(Manager *m) {
         r = dedup_engine_full_scan_done(m->engine);
         if (r < 0)
                 log_warning_errno(r, "Full scan bookkeeping failed: %m");
-        check_vms(m, VMS_CHECK_USEC, true);
+        check_vms(m, VMS_CHECK_USEC);
 }
 
 static bool region_scannable(const Vm *vm, const VmRegion *reg) {
@@ -609,7 +646,7 @@ static void full_scan_end(Manager *m) {
 static bool stay_idle(Manager *m) {
         ScanMark mark;
 
-        check_vms(m, MAX(IDLE_CHECK_USEC, m->full_scan_us), false);
+        check_vms(m, MAX(IDLE_CHECK_USEC, m->full_scan_us));
         scan_mark(m, &mark);
         if (mark_equal(&mark, &m->scan_mark))
                 return true;

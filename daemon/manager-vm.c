@@ -202,27 +202,24 @@ static void vm_handle_hello(Vm *vm, const struct dedup_msg_hello *h) {
 
 /* Other processes mapping a region's memfd would read merged pages as
  * zeros (they map the memfd, not our pools): never merge such a region. */
-static bool region_has_foreign_mapper(Vm *vm, VmRegion *reg) {
-        pid_t pids[4];
+void vm_region_set_mappers(VmRegion *reg, int error, pid_t first, size_t n) {
+        if (error < 0)
+                snprintf(reg->reason, sizeof(reg->reason), "cannot check for other mappers: %s", strerror(-error));
+        else if (n > 0)
+                snprintf(reg->reason, sizeof(reg->reason), "memfd also mapped by pid %d%s", (int) first,
+                         n > 1 ? " and others" : "");
+        else
+                reg->reason[0] = 0;
+}
+
+bool vm_region_mergeable(Vm *vm, VmRegion *reg) {
+        pid_t pids[1] = {};
         size_t n = 0;
         int r;
 
         r = mappers_find(NULL, reg->dev, reg->ino, vm->pid, getpid(), pids, ELEMENTSOF(pids), &n);
-        if (r < 0) {
-                snprintf(reg->reason, sizeof(reg->reason), "cannot check for other mappers: %s", strerror(-r));
-                return true;
-        }
-        if (n == 0) {
-                reg->reason[0] = 0;
-                return false;
-        }
-        snprintf(reg->reason, sizeof(reg->reason), "memfd also mapped by pid %d%s", (int) pids[0],
-                 n > 1 ? " and others" : "");
-        return true;
-}
-
-bool vm_region_mergeable(Vm *vm, VmRegion *reg) {
-        return !region_has_foreign_mapper(vm, reg);
+        vm_region_set_mappers(reg, r, pids[0], n);
+        return !reg->reason[0];
 }
 
 static void vm_handle_region(Vm *vm, const struct dedup_msg_region *msg, int *fds) {

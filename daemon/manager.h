@@ -253,6 +253,9 @@ Vm *manager_find_vm(Manager *m, const char *name);
 const char *vm_state(Vm *vm, const char **ret_reason);
 int vm_set_group(Vm *vm, uint16_t group);
 bool vm_region_mergeable(Vm *vm, VmRegion *reg);
+/* reg's reason from a foreign-mapper check: error (< 0), or the first of
+ * the n processes other than the VMM that map its memfd. */
+void vm_region_set_mappers(VmRegion *reg, int error, pid_t first, size_t n);
 int vm_send(Vm *vm, void *msg, size_t len, const int *fds, size_t nfds);
 
 /* manager-merge.c */
@@ -277,6 +280,8 @@ void vm_fail_inflight(Vm *vm);
 /* Count the VMM's VMAs (at most every 100 ms, else -EAGAIN), in-flight
  * remaps included, and take that as the budget's estimate. */
 int vm_resync_vmas(Vm *vm);
+/* The VMM has vmas VMAs now (a count of its /proc/PID/maps). */
+void vm_set_vmas(Vm *vm, uint64_t vmas);
 void manager_hold_vm(Manager *m, Vm *vm);
 void manager_release_hold(Manager *m, Hold *h);
 

@@ -93,7 +93,10 @@ static bool parse_line(const char *s, uint64_t *start, uint64_t *end, uint64_t *
 }
 
 /* Scan one maps file. 0, or the callback's error. */
-static int scan_maps(int fd, pid_t pid, dev_t dev, ino_t ino, char *buf, mappers_fn cb, void *userdata) {
+/* A parsed maps line: the file (device, inode) and its mapped range. */
+typedef int (*line_fn)(void *userdata, pid_t pid, dev_t dev, uint64_t ino, uint64_t offset, uint64_t length);
+
+static int scan_maps(int fd, pid_t pid, char *buf, line_fn cb, void *userdata) {
         size_t have = 0;
         bool overlong = false;
 
@@ -122,9 +125,7 @@ static int scan_maps(int fd, pid_t pid, dev_t dev, ino_t ino, char *buf, mappers
                         }
                         if (!parse_line(line, &start, &end, &offset, &ma, &mi, &inode))
                                 continue;
-                        if (inode != (uint64_t) ino || ma != major(dev) || mi != minor(dev))
-                                continue;
-                        int r = cb(userdata, pid, offset, end - start);
+                        int r = cb(userdata, pid, makedev(ma, mi), inode, offset, end - start);
                         if (r < 0)
                                 return r;
                 }
@@ -139,8 +140,9 @@ static int scan_maps(int fd, pid_t pid, dev_t dev, ino_t ino, char *buf, mappers
         }
 }
 
-int mappers_scan(const char *proc_root, dev_t dev, ino_t ino, pid_t self_vmm_pid, pid_t daemon_pid, mappers_fn cb,
-                 void *userdata) {
+/* cb for every line of the maps of every process but skip_pid and
+ * daemon_pid (either may be 0). */
+static int scan_procs(const char *proc_root, pid_t skip_pid, pid_t daemon_pid, line_fn cb, void *userdata) {
         _cleanup_closedir_ DIR *d = NULL;
         _cleanup_free_ char *buf = NULL;
         struct dirent *de;
@@ -165,20 +167,95 @@ int mappers_scan(const char *proc_root, dev_t dev, ino_t ino, pid_t self_vmm_pid
                 if (*end != 0 || v == 0 || v > INT32_MAX)
                         continue;
                 pid = (pid_t) v;
-                if (pid == self_vmm_pid || pid == daemon_pid)
+                if (pid == skip_pid || pid == daemon_pid)
                         continue;
 
                 snprintf(path, sizeof path, "%s/maps", de->d_name);
                 fd = openat(dirfd(d), path, O_RDONLY | O_CLOEXEC);
                 if (fd < 0)
                         continue;       /* gone, or not ours to read */
-                r = scan_maps(fd, pid, dev, ino, buf, cb, userdata);
+                r = scan_maps(fd, pid, buf, cb, userdata);
                 if (r < 0)
                         return r;
         }
         if (errno != 0)
                 return negative_errno();
         return 0;
+}
+
+typedef struct OneFile {
+        dev_t dev;
+        uint64_t ino;
+        mappers_fn cb;
+        void *userdata;
+} OneFile;
+
+static int one_file_line(void *userdata, pid_t pid, dev_t dev, uint64_t ino, uint64_t offset, uint64_t length) {
+        OneFile *f = userdata;
+
+        if (ino != f->ino || dev != f->dev)
+                return 0;
+        return f->cb(f->userdata, pid, offset, length);
+}
+
+int mappers_scan(const char *proc_root, dev_t dev, ino_t ino, pid_t self_vmm_pid, pid_t daemon_pid, mappers_fn cb,
+                 void *userdata) {
+        OneFile f = { .dev = dev, .ino = (uint64_t) ino, .cb = cb, .userdata = userdata };
+
+        return scan_procs(proc_root, self_vmm_pid, daemon_pid, one_file_line, &f);
+}
+
+typedef struct FileSet {
+        MappedFile *files;
+        size_t n;
+        pid_t pid;              /* whose lines are being counted */
+        uint64_t lines;
+        mappers_count_fn count;
+        void *userdata;
+} FileSet;
+
+static void count_done(FileSet *s) {
+        if (s->pid > 0 && s->count)
+                s->count(s->userdata, s->pid, s->lines);
+}
+
+static int file_set_line(void *userdata, pid_t pid, dev_t dev, uint64_t ino, uint64_t offset, uint64_t length) {
+        FileSet *s = userdata;
+
+        if (pid != s->pid) {
+                count_done(s);
+                s->pid = pid;
+                s->lines = 0;
+        }
+        s->lines++;
+        if (ino == 0)
+                return 0;
+        for (size_t i = 0; i < s->n; i++) {
+                MappedFile *f = &s->files[i];
+
+                if (ino != (uint64_t) f->ino || dev != f->dev || pid == f->owner || pid == f->last)
+                        continue;
+                if (f->n_foreign == 0)
+                        f->foreign = pid;
+                f->n_foreign++;
+                f->last = pid;
+        }
+        return 0;
+}
+
+int mappers_scan_files(const char *proc_root, MappedFile *files, size_t n, pid_t daemon_pid, mappers_count_fn count,
+                       void *userdata) {
+        FileSet s = { .files = files, .n = n, .count = count, .userdata = userdata };
+        int r;
+
+        for (size_t i = 0; i < n; i++) {
+                files[i].foreign = files[i].last = 0;
+                files[i].n_foreign = 0;
+        }
+        r = scan_procs(proc_root, 0, daemon_pid, file_set_line, &s);
+        if (r >= 0)
+                count_done(&s);
+        return r;
 }
 
 typedef struct FindState {

@@ -37,3 +37,24 @@ int mappers_find(const char *proc_root, dev_t dev, ino_t ino, pid_t self_vmm_pid
 /* The same for the file behind fd (fstat). */
 int mappers_find_fd(const char *proc_root, int fd, pid_t self_vmm_pid, pid_t daemon_pid, pid_t *ret_pids,
                     size_t max, size_t *ret_n);
+
+/* A file looked for by mappers_scan_files(): the VMM that owns it, and
+ * what the scan found (the first foreign pid, how many there are). */
+typedef struct MappedFile {
+        dev_t dev;
+        ino_t ino;
+        pid_t owner;
+        pid_t foreign;
+        size_t n_foreign;
+        pid_t last;             /* scan state */
+} MappedFile;
+
+/* Called once per process read that has VMAs, with their number (maps lines). */
+typedef void (*mappers_count_fn)(void *userdata, pid_t pid, uint64_t vmas);
+
+/* All of files at once, in one pass over every process's maps but
+ * daemon_pid's: what mappers_find() tells for each, its owner excluded, at
+ * the cost of one. count (if not NULL) gets each process's VMA count, so a
+ * caller counting VMMs' VMAs needs no pass of its own. */
+int mappers_scan_files(const char *proc_root, MappedFile *files, size_t n, pid_t daemon_pid, mappers_count_fn count,
+                       void *userdata);

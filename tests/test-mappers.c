@@ -122,6 +122,57 @@ START_TEST(test_fake_proc) {
 }
 END_TEST
 
+typedef struct Counts {
+        uint64_t vmas[1000];
+        unsigned calls[1000];
+} Counts;
+
+static void count_cb(void *userdata, pid_t pid, uint64_t vmas) {
+        Counts *c = userdata;
+
+        ck_assert_int_lt(pid, 1000);
+        c->vmas[pid] = vmas;
+        c->calls[pid]++;
+}
+
+/* One pass for several files gives what a pass per file gives, with each
+ * owner excluded from its own file only, and every process's VMAs counted
+ * once (the daemon's not at all). */
+START_TEST(test_scan_files) {
+        static Counts c;
+        MappedFile f[] = {
+                { .dev = makedev(0, 1), .ino = 4242, .owner = 100 },
+                { .dev = makedev(0, 1), .ino = 4242, .owner = 800 },
+                { .dev = makedev(0, 1), .ino = 4243, .owner = 700 },
+                { .dev = makedev(0x103, 0x1f), .ino = 4242, .owner = 0 },
+                { .dev = makedev(0, 2), .ino = 4242, .owner = 300 },
+                { .dev = makedev(0, 1), .ino = 1, .owner = 0 },
+        };
+
+        fake_tree();
+        memset(&c, 0, sizeof c);
+        ck_assert_int_eq(mappers_scan_files(tmpdir, f, ELEMENTSOF(f), 500, count_cb, &c), 0);
+        ck_assert_uint_eq(f[0].n_foreign, 2);           /* 200 and 800 */
+        ck_assert(f[0].foreign == 200 || f[0].foreign == 800);
+        ck_assert_uint_eq(f[1].n_foreign, 2);           /* 100 and 200 */
+        ck_assert(f[1].foreign == 100 || f[1].foreign == 200);
+        ck_assert_uint_eq(f[2].n_foreign, 0);           /* only its owner */
+        ck_assert_uint_eq(f[3].n_foreign, 1);
+        ck_assert_int_eq(f[3].foreign, 600);
+        ck_assert_uint_eq(f[4].n_foreign, 0);
+        ck_assert_uint_eq(f[5].n_foreign, 0);
+        ck_assert_uint_eq(c.vmas[100], 2);
+        ck_assert_uint_eq(c.vmas[200], 3);
+        ck_assert_uint_eq(c.vmas[300], 3);
+        ck_assert_uint_eq(c.calls[500], 0);             /* the daemon is not read */
+        ck_assert_uint_eq(c.calls[400], 0);             /* no lines: nothing to count */
+        for (unsigned pid = 100; pid <= 800; pid += 100)
+                ck_assert_uint_le(c.calls[pid], 1);
+
+        ck_assert_int_eq(mappers_scan_files("/nonexistent-proc", f, 1, 0, NULL, NULL), -ENOENT);
+}
+END_TEST
+
 typedef struct Ranges {
         uint64_t off[4], len[4];
         size_t n;
@@ -229,6 +280,7 @@ static Suite *mappers_suite(void) {
         const CheckCase cases[] = {
                 { "fake-proc", test_fake_proc },
                 { "scan-ranges", test_scan_ranges },
+                { "scan-files", test_scan_files },
                 { "real-process", test_real_process },
         };
 
