@@ -177,7 +177,7 @@ static int method_list_vms(sd_bus_message *msg, void *userdata, sd_bus_error *er
                 _cleanup_free_ char *path = NULL;
                 const char *reason;
 
-                if (!vm || !vm->hello_done || vm->disconnected)
+                if (!vm_live(vm))
                         continue;
                 r = sd_bus_path_encode(VM_PREFIX, vm->name, &path);
                 if (r >= 0)
@@ -272,7 +272,7 @@ static int vm_enumerate(sd_bus *bus, const char *prefix, void *userdata, char **
                 return -ENOMEM;
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];
-                if (!vm || !vm->hello_done || vm->disconnected)
+                if (!vm_live(vm))
                         continue;
                 if (sd_bus_path_encode(VM_PREFIX, vm->name, &paths[n]) < 0) {
                         for (size_t j = 0; j < n; j++)
@@ -546,7 +546,7 @@ void manager_bus_check_vms(Manager *m) {
                 _cleanup_free_ char *path = NULL;
                 const char *reason, *state;
 
-                if (!vm || !vm->hello_done || vm->disconnected)
+                if (!vm_live(vm))
                         continue;
                 state = vm_state(vm, &reason);
                 if (strcmp(state, vm->bus_state) == 0 && strcmp(reason, vm->bus_reason) == 0)

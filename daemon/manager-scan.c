@@ -96,7 +96,6 @@
 #define IDLE_TICK_MSEC 1000u            /* while idle: how often the memfds' sizes are looked at */
 #define SETTLE_AFTER_MAX 64u            /* quiet full scans wanted before settling, at most */
 #define SCAN_TIMER_ACCURACY_USEC 1000
-#define MAX_SCAN_THREADS 64u
 
 /* A region's part of a round. */
 typedef struct ScanSeg {
@@ -138,7 +137,7 @@ struct ScanJob {
 unsigned manager_default_scan_threads(void) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
 
-        return n >= 2 ? (unsigned) MIN((unsigned long) n / 2, (unsigned long) MAX_SCAN_THREADS) : 1;
+        return n >= 2 ? (unsigned) MIN((unsigned long) n / 2, (unsigned long) SCANNER_TEAM_MAX) : 1;
 }
 
 /* On a scan thread. */
@@ -288,10 +287,6 @@ static void advise(Manager *m) {
         manager_bus_property_changed(m, "PagesToScan");
 }
 
-static bool vm_live(const Vm *vm) {
-        return vm && !vm->disconnected && vm->hello_done;
-}
-
 static void count_vmas(void *userdata, pid_t pid, uint64_t vmas) {
         Manager *m = userdata;
 
@@ -372,7 +367,7 @@ static void full_scan_done(Manager *m) {
 }
 
 static bool region_scannable(const Vm *vm, const VmRegion *reg) {
-        return vm && !vm->disconnected && vm->hello_done && !vm->paused && !reg->reason[0];
+        return vm_live(vm) && !vm->paused && !reg->reason[0];
 }
 
 /* Advance the cursor to the next region worth scanning; false if none up
@@ -539,7 +534,7 @@ static int protect_all(Manager *m, bool wp) {
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];
 
-                if (!vm || vm->disconnected || !vm->hello_done)
+                if (!vm_live(vm))
                         continue;
                 for (unsigned j = 0; j < vm->n_regions; j++) {
                         VmRegion *reg = &vm->regions[j];

@@ -128,14 +128,6 @@ void vm_disconnect(Vm *vm, int error, const char *why) {
         (void) sd_event_source_set_enabled(s, SD_EVENT_ON);
 }
 
-static bool name_taken(Manager *m, const char *name) {
-        for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
-                if (m->vms[i] && !m->vms[i]->disconnected && m->vms[i]->hello_done &&
-                    strcmp(m->vms[i]->name, name) == 0)
-                        return true;
-        return false;
-}
-
 /* The VM's merge group: the domain file the libvirt hook wrote for its
  * uuid (DomainDirectory=/UUID.conf) wins over dedupd.conf's rules. A
  * domain file that cannot be read or parsed is an error, not group 0: the
@@ -173,7 +165,7 @@ static void vm_handle_hello(Vm *vm, const struct dedup_msg_hello *h) {
         }
         if ((pid_t) h->pid != vm->pid)
                 return vm_disconnect(vm, EPERM, "HELLO pid differs from the socket peer's");
-        if (name_taken(m, h->name))
+        if (manager_find_vm(m, h->name))
                 return vm_disconnect(vm, EEXIST, "a VM of that name is already registered");
         memcpy(vm->name, h->name, sizeof(vm->name));
         memcpy(vm->uuid, h->uuid, sizeof(vm->uuid));
@@ -466,8 +458,7 @@ VmRegion *vm_page_region(Manager *m, dedup_page_t page, Vm **ret_vm) {
 
 Vm *manager_find_vm(Manager *m, const char *name) {
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
-                if (m->vms[i] && m->vms[i]->hello_done && !m->vms[i]->disconnected &&
-                    strcmp(m->vms[i]->name, name) == 0)
+                if (vm_live(m->vms[i]) && strcmp(m->vms[i]->name, name) == 0)
                         return m->vms[i];
         return NULL;
 }

@@ -368,7 +368,7 @@ void manager_write_status(Manager *m) {
 
         dedup_engine_stats(m->engine, &st);
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++)
-                nvms += m->vms[i] && m->vms[i]->hello_done && !m->vms[i]->disconnected;
+                nvms += vm_live(m->vms[i]);
         (void) sd_notifyf(false, "STATUS=Merging: %u VMs, %llu MiB saved", nvms,
                           (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE >> 20));
         if (!m->status_file)

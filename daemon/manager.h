@@ -106,6 +106,11 @@ struct Vm {
         uint32_t kept_refused_seq, kept_replied_seq;
 };
 
+/* Registered (HELLO done) and still talking to us. */
+static inline bool vm_live(const Vm *vm) {
+        return vm && vm->hello_done && !vm->disconnected;
+}
+
 /* Idle mode (manager-scan.c): scanning sleeps once a full scan of guest
  * RAM, write-protected while it ran, changed nothing; it resumes when a
  * guest writes or anything else in a ScanMark changes. */

@@ -542,7 +542,6 @@ int scanner_read(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_p
 
 /* ScannerTeam */
 
-#define MAX_TEAM 64u
 
 typedef struct TeamThread {
         ScannerTeam *team;
@@ -617,7 +616,7 @@ int scanner_team_new(unsigned nthreads, Scanner *own, const ScannerConfig *confi
         sigset_t all, saved;
         int r = 0;
 
-        if (nthreads == 0 || nthreads > MAX_TEAM || !own)
+        if (nthreads == 0 || nthreads > SCANNER_TEAM_MAX || !own)
                 return -EINVAL;
         t = calloc(1, sizeof *t);
         if (!t)

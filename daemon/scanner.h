@@ -90,6 +90,9 @@ bool scanner_uses_fixed_buffers(const Scanner *s);
 
 typedef struct ScannerTeam ScannerTeam;
 
+/* Threads in a team, the caller's included, at most. */
+#define SCANNER_TEAM_MAX 64u
+
 /* Read unit number unit with s (the calling thread's own Scanner). Runs on
  * any thread of the team: touch nothing but the unit's own memory. Returns
  * 0 or -errno, handed back by scanner_team_wait(). */

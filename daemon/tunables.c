@@ -111,7 +111,7 @@ const Tunable tunables[] = {
           "CPU the advisor may let scanning use", get_advisor_max_cpu, set_advisor_max_cpu },
         { "VmaHeadroom", "vma-headroom", 'u', 0, 1000000, NULL,
           "VMAs kept free below vm.max_map_count", get_vma_headroom, set_vma_headroom },
-        { "ScanThreads", "scan-threads", 'u', 1, 64, NULL,
+        { "ScanThreads", "scan-threads", 'u', 1, SCANNER_TEAM_MAX, NULL,
           "threads reading and hashing pages", get_scan_threads, set_scan_threads },
 };
 const size_t n_tunables = ELEMENTSOF(tunables);
