@@ -36,9 +36,17 @@ start_guest() {
 }
 
 # wait_guest NAME WHAT SECONDS: until the guest prints "dedup-guest: WHAT".
+# On failure, QEMU's output ($T/NAME.qemu, or NAME.log in GUEST_LOG_DIR for
+# guests libvirt started) and the console's, whichever exist.
 wait_guest() {
-        wait_for "$3" "grep -qs '^dedup-guest: $2' '$T/$1.console'" ||
-                { cat "$T/$1.qemu"; tail -n 5 "$T/$1.console"; fail "guest $1 did not print '$2'"; }
+        wait_for "$3" "grep -qs '^dedup-guest: $2' '$T/$1.console'" && return 0
+        for f in "$T/$1.qemu" "${GUEST_LOG_DIR:-$T}/$1.log" "$T/$1.console"; do
+                if [ -f "$f" ]; then
+                        echo "--- $f (tail)"
+                        tail -n 20 "$f"
+                fi
+        done
+        fail "guest $1 did not print '$2'"
 }
 
 # rounds NAME: md5 rounds the guest has printed.

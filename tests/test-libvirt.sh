@@ -30,6 +30,7 @@ fi
 . "$top_srcdir/tests/lib-daemon.sh"
 . "$top_srcdir/tests/lib-bus.sh"
 . "$top_srcdir/tests/lib-qemu.sh"
+GUEST_LOG_DIR=/var/log/libvirt/qemu     # QEMU's output, for wait_guest()
 
 HOOK="$top_srcdir/contrib/libvirt/hooks/qemu.d/dedupd"
 DOMAINS=/run/dedupd/domains
