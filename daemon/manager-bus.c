@@ -326,7 +326,8 @@ static int vm_set_group_property(sd_bus *bus, const char *path, const char *inte
         r = vm_set_group(vm, group);
         if (r == -EBUSY)
                 return sd_bus_error_setf(error, ERROR_BUSY,
-                                         "Cannot change MergeGroup of VM '%s' to %u while it has merged pages; "
+                                         "Cannot change MergeGroup of VM '%s' to %u while it has merged pages "
+                                         "or merges in flight; "
                                          "call Unmerge() first", vm->name, group);
         if (r >= 0)
                 (void) sd_bus_emit_properties_changed(bus, path, VM_IFACE, "MergeGroup", NULL);

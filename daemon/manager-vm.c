@@ -483,7 +483,9 @@ const char *vm_state(Vm *vm, const char **ret_reason) {
         *ret_reason = reason;
         if (!reason[0])
                 return "merging";
-        return s.merging_pages + s.zero_pages > 0 && (m->run == 2 || vm->paused) ? "unmerging" : "not-merging";
+        /* Merges still in flight land and are then unmerged: not done yet. */
+        return s.merging_pages + s.zero_pages + s.pending > 0 && (m->run == 2 || vm->paused) ? "unmerging"
+                                                                                            : "not-merging";
 }
 
 int vm_set_group(Vm *vm, uint16_t group) {

@@ -374,6 +374,7 @@ int dedup_engine_vm_stats(const DedupEngine *e, uint32_t vm, DedupVmStats *ret) 
                 .pages = v->pages,
                 .merging_pages = v->merging_pages,
                 .zero_pages = v->zero_pages,
+                .pending = v->pending,
                 .merge_aborts = v->merge_aborts,
                 .unmerges = v->unmerges,
                 /* As ksm_process_profit: saved pages minus this VM's slots. */

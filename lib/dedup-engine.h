@@ -101,6 +101,7 @@ typedef struct DedupVmStats {
         uint64_t pages;                 /* pages in the VM's regions */
         uint64_t merging_pages;         /* like ksm_merging_pages */
         uint64_t zero_pages;            /* like ksm_zero_pages */
+        uint64_t pending;               /* merges and unmerges in flight */
         uint64_t merge_aborts;
         uint64_t unmerges;
         int64_t profit_bytes;           /* like ksm_process_profit */

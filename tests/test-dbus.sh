@@ -115,9 +115,9 @@ grep -q "PagesSharing" "$T/monitor" && fail "a counter was signalled"
 
 # Unmerge one VM; the other keeps its pages. Merge() resumes.
 $B call $VA Unmerge
-wait_for 10 "[ \$($B get-property $VA MergingPages | cut -d' ' -f2) = 0 ] && [ \$($B get-property $VA ZeroPages | cut -d' ' -f2) = 0 ]" ||
-        fail "VM a still merged"
-[ "$($B get-property $VA State)" = 's "not-merging"' ] || fail "VM a state: $($B get-property $VA State)"
+# State says not-merging only once no merge of VM a is in flight either.
+wait_for 10 "[ \"\$($B get-property $VA State)\" = 's \"not-merging\"' ]" || fail "VM a state: $($B get-property $VA State)"
+[ "$($B get-property $VA MergingPages)" = "t 0" ] && [ "$($B get-property $VA ZeroPages)" = "t 0" ] || fail "VM a still merged"
 wait_for 5 "grep -q 'unmerged on request' $T/monitor" || fail "no PropertiesChanged for VM a's Reason"
 $B set-property $VA MergeGroup q 3 && [ "$($B get-property $VA MergeGroup)" = "q 3" ] || fail "MergeGroup not taken"
 $B call $VA Merge
