@@ -279,8 +279,8 @@ static void vm_handle_region(Vm *vm, const struct dedup_msg_region *msg, int *fd
         manager_write_status(m);
 }
 
-static int vm_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        Vm *vm = userdata;
+/* Read and handle one message: false when there is none to read. */
+static bool vm_read_message(Vm *vm, int fd) {
         _Alignas(8) uint8_t buf[DEDUP_PROTO_MAX_MSG];
         int fds[2] = { -1, -1 };
         const struct dedup_msg_header *h = (const void *) buf;
@@ -289,9 +289,10 @@ static int vm_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         ssize_t n;
         int r;
 
-        n = dedup_proto_recv(fd, buf, sizeof(buf), fds, ELEMENTSOF(fds), &nfds);
+        /* The socket blocks for sends (see manager_accept()); reads must not. */
+        n = dedup_proto_recv(fd, buf, sizeof(buf), fds, ELEMENTSOF(fds), &nfds, MSG_DONTWAIT);
         if (n == -EAGAIN || n == -EINTR)
-                return 0;
+                return false;
         if (n == 0) {
                 vm_disconnect(vm, 0, NULL);
                 goto out;
@@ -337,6 +338,20 @@ static int vm_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
 out:
         safe_close(fds[0]);
         safe_close(fds[1]);
+        return true;
+}
+
+/* Several messages a wakeup: an agent's news arrive as fast as its guest
+ * writes, and one message per pass of the event loop let them pile up in
+ * the agent until it gave up on the connection. */
+#define VM_MSGS_PER_WAKEUP 32
+
+static int vm_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Vm *vm = userdata;
+
+        for (unsigned k = 0; k < VM_MSGS_PER_WAKEUP && !vm->disconnected; k++)
+                if (!vm_read_message(vm, fd))
+                        break;
         return 0;
 }
 

@@ -535,23 +535,29 @@ static void out_flush(dedup_client *c) {
 
         if (!c->connected)
                 return;
-        r = pending_flush(c);
-        if (r < 0)
-                goto fail;
-        while (c->out_head) {
-                OutMsg *m = c->out_head;
-                r = dedup_proto_send(c->sock, m->msg, m->fds, m->nfds);
-                if (r == -EAGAIN)
+        for (;;) {
+                while (c->out_head) {
+                        OutMsg *m = c->out_head;
+                        r = dedup_proto_send(c->sock, m->msg, m->fds, m->nfds);
+                        if (r == -EAGAIN)
+                                return;
+                        if (r < 0)
+                                goto fail;
+                        c->out_head = m->next;
+                        if (!c->out_head)
+                                c->out_tail = &c->out_head;
+                        c->n_out--;
+                        free(m);
+                }
+                /* News becomes messages only once the socket takes them:
+                 * while the daemon is behind, it coalesces in c->pending
+                 * instead of growing the queue a message per fault. */
+                if (c->n_pending == 0)
                         return;
+                r = pending_flush(c);
                 if (r < 0)
                         goto fail;
-                c->out_head = m->next;
-                if (!c->out_head)
-                        c->out_tail = &c->out_head;
-                c->n_out--;
-                free(m);
         }
-        return;
 fail:
         failsafe(c, true);
 }
@@ -970,7 +976,7 @@ static void handle_socket(dedup_client *c) {
                 ssize_t n;
                 int q;
 
-                n = dedup_proto_recv(c->sock, c->rx, DEDUP_PROTO_MAX_MSG, fds, DEDUP_PROTO_MAX_FDS, &nfds);
+                n = dedup_proto_recv(c->sock, c->rx, DEDUP_PROTO_MAX_MSG, fds, DEDUP_PROTO_MAX_FDS, &nfds, 0);
                 if (n == -EAGAIN)
                         return;
                 if (n <= 0) {
@@ -1076,7 +1082,7 @@ static int handshake(dedup_client *c) {
         if (q == 0)
                 return -ETIMEDOUT;
 
-        n = dedup_proto_recv(c->sock, c->rx, DEDUP_PROTO_MAX_MSG, fds, DEDUP_PROTO_MAX_FDS, &nfds);
+        n = dedup_proto_recv(c->sock, c->rx, DEDUP_PROTO_MAX_MSG, fds, DEDUP_PROTO_MAX_FDS, &nfds, 0);
         if (n == 0)
                 return -ECONNRESET;
         if (n < 0)

@@ -147,7 +147,7 @@ static void close_cmsg_fds(struct msghdr *mh) {
         }
 }
 
-ssize_t dedup_proto_recv(int sock, void *buf, size_t size, int *fds, size_t max_fds, size_t *ret_nfds) {
+ssize_t dedup_proto_recv(int sock, void *buf, size_t size, int *fds, size_t max_fds, size_t *ret_nfds, int flags) {
         /* Room for more fds than we accept so that an excess is seen (and
          * closed) instead of being silently dropped by MSG_CTRUNC. */
         union {
@@ -168,7 +168,7 @@ ssize_t dedup_proto_recv(int sock, void *buf, size_t size, int *fds, size_t max_
                 return -EINVAL;
 
         do
-                n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+                n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | flags);
         while (n < 0 && errno == EINTR);
         if (n < 0)
                 return -errno;

@@ -223,8 +223,9 @@ int dedup_proto_send(int sock, const void *msg, const int *fds, size_t nfds);
  * zero-length packet reads as EOF too), or: -EMSGSIZE if the message did
  * not fit, -EBADMSG if the fds were truncated by the kernel or more than
  * max_fds came, -EAGAIN, -ECONNRESET... On any error every fd that arrived
- * is closed; on success *ret_nfds is set and the caller owns fds[0..n). */
-ssize_t dedup_proto_recv(int sock, void *buf, size_t size, int *fds, size_t max_fds, size_t *ret_nfds);
+ * is closed; on success *ret_nfds is set and the caller owns fds[0..n).
+ * flags: more recvmsg() flags, such as MSG_DONTWAIT on a blocking socket. */
+ssize_t dedup_proto_recv(int sock, void *buf, size_t size, int *fds, size_t max_fds, size_t *ret_nfds, int flags);
 
 /* Fully validate a received message of len bytes with nfds fds attached.
  * 0 if good; -EBADMSG (or -EPROTONOSUPPORT for another version) with

@@ -53,7 +53,7 @@ static void hello(int fd, pid_t pid, const char *name) {
         if (dedup_proto_send(fd, &h, NULL, 0) < 0)
                 exit(2);
         if (pid == getpid() &&
-            (dedup_proto_recv(fd, buf, sizeof(buf), NULL, 0, &nfds) <= 0 ||
+            (dedup_proto_recv(fd, buf, sizeof(buf), NULL, 0, &nfds, 0) <= 0 ||
              ((struct dedup_msg_header *) buf)->type != DEDUP_MSG_WELCOME)) {
                 fprintf(stderr, "no WELCOME for a valid HELLO\n");
                 exit(2);
@@ -71,7 +71,7 @@ static void expect_closed(int fd, const char *what, bool need_error) {
         size_t nfds;
 
         while (!closed && poll(&p, 1, 2000) > 0) {
-                ssize_t n = dedup_proto_recv(fd, buf, sizeof(buf), fds, 2, &nfds);
+                ssize_t n = dedup_proto_recv(fd, buf, sizeof(buf), fds, 2, &nfds, 0);
                 if (n <= 0)
                         closed = true;
                 else if (((struct dedup_msg_header *) buf)->type == DEDUP_MSG_ERROR) {
@@ -102,7 +102,7 @@ static void expect_kept_returned(int fd, const char *what, const struct dedup_ra
         size_t nfds;
 
         while (poll(&p, 1, 2000) > 0) {
-                ssize_t n = dedup_proto_recv(fd, buf, sizeof(buf), fds, 2, &nfds);
+                ssize_t n = dedup_proto_recv(fd, buf, sizeof(buf), fds, 2, &nfds, 0);
                 if (n <= 0)
                         break;
                 for (size_t i = 0; i < nfds; i++)

@@ -225,7 +225,7 @@ static int fake_recv_raw(Fake *f, int timeout_ms, int *fds, size_t *nfds) {
         r = poll(&p, 1, timeout_ms);
         if (r == 0)
                 return -ETIMEDOUT;
-        n = dedup_proto_recv(f->conn, f->buf, DEDUP_PROTO_MAX_MSG, fds, DEDUP_PROTO_MAX_FDS, nfds);
+        n = dedup_proto_recv(f->conn, f->buf, DEDUP_PROTO_MAX_MSG, fds, DEDUP_PROTO_MAX_FDS, nfds, 0);
         if (n == 0 || n == -ECONNRESET) {
                 f->eof = true;
                 return 0;
@@ -1286,6 +1286,45 @@ START_TEST(test_unmerge) {
 }
 END_TEST
 
+/* ---- a daemon behind on reading ---- */
+
+/* The daemon reads nothing while the guest breaks COW on thousands of
+ * pages, one fault at a time. The agent must keep the news, coalesced,
+ * and stay connected: it used to queue a message per fault, hit its queue
+ * limit and drop the connection (failsafe) under an ordinary load. */
+START_TEST(test_news_backlog) {
+        enum { N = 10240, RUN = DEDUP_PROTO_MAX_RUN };
+        Env e;
+        uint8_t want[PAGE];
+
+        env_start(&e, N, N, MADV_DONTDUMP);
+        for (unsigned p = 0; p < N; p++)
+                pattern(e.g.hva + p * PAGE, p);
+        for (unsigned p = 0; p < N; p += RUN)
+                ck_assert_uint_eq(fake_merge(&e.f, &e.pool, 0, p, RUN, POOL_ID, p), DEDUP_REMAP_DONE);
+
+        /* Every other page: no two news ranges are adjacent. */
+        for (unsigned p = 0; p < N; p += 2)
+                e.g.hva[p * PAGE + 7] ^= 0xff;
+        ck_assert_uint_eq(stats(&e).cow_breaks, N / 2);
+        ck_assert_uint_eq(stats(&e).connected, 1);
+
+        /* The agent sends the rest as the socket takes it. */
+        while (e.f.unmerged_pages < N / 2 && fake_wait(&e.f, DEDUP_MSG_UNMERGED, 5000) == DEDUP_MSG_UNMERGED)
+                ;
+        ck_assert_uint_eq(e.f.unmerged_pages, N / 2);
+        ck_assert_uint_lt(e.f.unmerged_msgs, N / 2 / 8);
+        ck_assert_uint_eq(stats(&e).connected, 1);
+        for (unsigned p = 0; p < N; p++) {
+                pattern(want, p);
+                if (p % 2 == 0)
+                        want[7] ^= 0xff;
+                ck_assert_int_eq(memcmp(e.g.hva + p * PAGE, want, PAGE), 0);
+        }
+        env_stop(&e);
+}
+END_TEST
+
 /* ---- start without a daemon, refused handshake ---- */
 
 START_TEST(test_no_daemon) {
@@ -1726,6 +1765,7 @@ static Suite *client_suite(void) {
                 { "reconnect", test_reconnect, 30, 0 },
                 { "malformed", test_malformed, 30, _BAD_MAX },
                 { "unmerge", test_unmerge, 30, 0 },
+                { "news-backlog", test_news_backlog, 60, 0 },
                 { "window-write", test_window_write, 30, 0 },
                 { "unprivileged-pagemap", test_unprivileged_pagemap, 60, 0 },
                 { "no-daemon", test_no_daemon, 30, 0 },

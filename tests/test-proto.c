@@ -167,7 +167,7 @@ static void roundtrip(const Buf *out, const int *fds, size_t nfds) {
 
         pair(sv);
         ck_assert_int_eq(dedup_proto_send(sv[0], out, fds, nfds), 0);
-        n = dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, got, DEDUP_PROTO_MAX_FDS, &ngot);
+        n = dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, got, DEDUP_PROTO_MAX_FDS, &ngot, 0);
         ck_assert_int_eq(n, out->hdr.length);
         ck_assert_uint_eq(ngot, nfds);
         ck_assert_int_eq(memcmp(&in, out, (size_t) n), 0);
@@ -605,18 +605,18 @@ START_TEST(test_recv_truncated_and_oversized) {
         /* Buffer smaller than the message: -EMSGSIZE, the fd closed. */
         build_pool(&b);
         ck_assert_int_eq(dedup_proto_send(sv[0], &b, &memfd, 1), 0);
-        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, 16, fds, 2, &nfds), -EMSGSIZE);
+        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, 16, fds, 2, &nfds, 0), -EMSGSIZE);
         ck_assert_int_eq(count_fds(), before);
 
         /* Larger than DEDUP_PROTO_MAX_MSG (raw send bypasses our checks). */
         memset(&b, 0, sizeof b);
         dedup_proto_init_header(&b.hdr, DEDUP_MSG_REMAP, DEDUP_PROTO_MAX_MSG + 100, 1);
         ck_assert_int_eq(send(sv[0], &b, DEDUP_PROTO_MAX_MSG + 100, 0), DEDUP_PROTO_MAX_MSG + 100);
-        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds), -EMSGSIZE);
+        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds, 0), -EMSGSIZE);
 
         /* Short garbage arrives fine but does not validate. */
         ck_assert_int_eq(send(sv[0], "DDUP", 4, 0), 4);
-        ssize_t n = dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds);
+        ssize_t n = dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds, 0);
         ck_assert_int_eq(n, 4);
         ck_assert_int_eq(nfds, 0);
         reject(&in, 4, 0, "shorter than");
@@ -632,11 +632,11 @@ START_TEST(test_recv_truncated_and_oversized) {
 
         /* Nothing pending: EAGAIN on a non-blocking socket. */
         fcntl(sv[1], F_SETFL, O_NONBLOCK);
-        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds), -EAGAIN);
+        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds, 0), -EAGAIN);
 
         /* EOF reads as 0. */
         close(sv[0]);
-        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds), 0);
+        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds, 0), 0);
         close(sv[1]);
         close(memfd);
 }
@@ -672,25 +672,25 @@ START_TEST(test_recv_excess_fds) {
         /* Three fds where two fit: all closed, -EBADMSG. */
         build_region(&b);
         send_raw_fds(sv[0], &b, b.hdr.length, many, 3);
-        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds), -EBADMSG);
+        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds, 0), -EBADMSG);
         ck_assert_int_eq(count_fds(), before);
 
         /* An fd where none is expected. */
         dedup_proto_init_header(&b.hdr, DEDUP_MSG_BYE, sizeof b.hdr, 1);
         send_raw_fds(sv[0], &b, b.hdr.length, many, 1);
-        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, NULL, 0, &nfds), -EBADMSG);
+        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, NULL, 0, &nfds, 0), -EBADMSG);
         ck_assert_int_eq(count_fds(), before);
 
         /* So many that the control buffer truncates (MSG_CTRUNC). */
         send_raw_fds(sv[0], &b, b.hdr.length, many, 40);
-        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds), -EBADMSG);
+        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds, 0), -EBADMSG);
         ck_assert_int_eq(count_fds(), before);
 
         /* A valid-looking message with fewer fds than its type needs is
          * received, then refused by validation. */
         build_region(&b);
         send_raw_fds(sv[0], &b, b.hdr.length, many, 1);
-        ssize_t n = dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds);
+        ssize_t n = dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, &nfds, 0);
         ck_assert_int_eq(n, sizeof(struct dedup_msg_region));
         ck_assert_int_eq(nfds, 1);
         reject(&in, (size_t) n, nfds, "REGION: 1 fds attached, must be 2");
@@ -699,7 +699,7 @@ START_TEST(test_recv_excess_fds) {
         /* ret_nfds NULL: fds are not wanted, so they are closed. */
         build_pool(&b);
         send_raw_fds(sv[0], &b, b.hdr.length, many, 1);
-        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, NULL), b.hdr.length);
+        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, fds, 2, NULL, 0), b.hdr.length);
         ck_assert_int_eq(count_fds(), before);
 
         close(sv[0]);
@@ -789,7 +789,7 @@ START_TEST(test_region_fds_received) {
         build_region(&b);
         int wrong[2] = { uffd, memfd };
         ck_assert_int_eq(dedup_proto_send(sv[0], &b, wrong, 2), 0);
-        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, got, 2, &ngot), sizeof(struct dedup_msg_region));
+        ck_assert_int_eq(dedup_proto_recv(sv[1], &in, DEDUP_PROTO_MAX_MSG, got, 2, &ngot, 0), sizeof(struct dedup_msg_region));
         accept_msg(&in, sizeof(struct dedup_msg_region), ngot); /* validation cannot see types... */
         ck_assert_int_eq(dedup_proto_check_region_fds(got[0], got[1], 4096, 16 * 4096, &why), -EINVAL);
         ck_assert_ptr_nonnull(strstr(why, "not a memfd")); /* ...the fd check does */
