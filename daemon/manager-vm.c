@@ -360,7 +360,7 @@ static int vm_pid_exited(sd_event_source *s, int fd, uint32_t revents, void *use
 
         sd_event_source_disable_unref(vm->pid_source);
         vm->pid_source = NULL;
-        vm->pid = 0;            /* nothing left to hold pages for */
+        vm->pidfd = safe_close(vm->pidfd); /* nothing left to hold pages for */
         vm_disconnect(vm, 0, NULL);
         return 0;
 }
