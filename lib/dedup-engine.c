@@ -58,14 +58,16 @@ DedupEngine *dedup_engine_free(DedupEngine *e) {
         return NULL;
 }
 
-uint64_t engine_hash(const DedupEngine *e, const void *data) {
-        if (e->ops.hash)
-                return e->ops.hash(e->userdata, data);
+uint64_t dedup_page_hash(const void *data) {
 #ifdef HAVE_HASH_AVX2
         if (__builtin_cpu_supports("avx2"))
                 return engine_hash_avx2(data);
 #endif
         return XXH3_64bits(data, DEDUP_PAGE_SIZE);
+}
+
+uint64_t engine_hash(const DedupEngine *e, const void *data) {
+        return e->ops.hash ? e->ops.hash(e->userdata, data) : dedup_page_hash(data);
 }
 
 /* tunables */

@@ -158,6 +158,9 @@ int dedup_engine_vm_stats(const DedupEngine *e, uint32_t vm, DedupVmStats *ret);
  * across nodes). Returns 0 or -errno (only -ENOMEM and op errors that
  * are not about content). */
 int dedup_engine_scan_page(DedupEngine *e, dedup_page_t page, const void *data, int nid);
+/* The page hash the engine uses unless DedupEngineOps.hash is set: XXH3-64
+ * of the page, built for AVX2 when the CPU has it. */
+uint64_t dedup_page_hash(const void *data);
 /* The page's content hash as the engine computes it, and whether the page
  * is all zeros. Uses only what dedup_engine_new() was given: callable from
  * any thread, concurrently with other engine calls (if ops->hash is). */

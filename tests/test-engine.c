@@ -266,6 +266,30 @@ START_TEST(test_volatility_filter) {
 }
 END_TEST
 
+/* The scan after a guest's first one puts all its unchanged pages in the
+ * unstable tree: the tree is allocated for them at once, not grown step by
+ * step (each step re-reads the slot of every entry so far). */
+START_TEST(test_unstable_sized_from_first_scan) {
+        const uint32_t n = 4096;
+        DedupEngineStats before;
+        Table want = {};
+
+        setup_vms(1, n, NULL);
+        for (uint32_t p = 0; p < n; p++)
+                B.cid[p] = 1000 + p;
+        scan_all(1); /* checksums recorded, nothing in a tree */
+        dedup_engine_stats(B.e, &before);
+        ck_assert_int_eq(backend_scan(&B, 0, B.npages, 0), 0);
+        dedup_engine_stats(B.e, &S);
+        ck_assert_uint_eq(S.pages_unshared, n);
+        ck_assert_int_eq(table_reserve(&want, n, key_of, NULL), 0);
+        ck_assert_uint_eq(S.metadata_bytes - before.metadata_bytes, table_bytes(&want));
+        table_clear(&want);
+        ck_assert_int_eq(dedup_engine_full_scan_done(B.e), 0);
+        verify();
+}
+END_TEST
+
 /* Scanning by hash (pages hashed first, on dedupd's scan threads) decides
  * exactly as scanning the pages, whether merges verify or not, and counts
  * pages_changed until nothing changes any more. */
@@ -740,6 +764,7 @@ int main(void) {
                 { "thrash_avoidance", test_thrash_avoidance, 10 },
                 { "smart_scan_late_guest", test_smart_scan_late_guest, 10 },
                 { "volatility_filter", test_volatility_filter, 10 },
+                { "unstable_sized_from_first_scan", test_unstable_sized_from_first_scan, 10 },
                 { "hashed_same_as_pages", test_hashed_same_as_pages, 10 },
                 { "hashed_stale", test_hashed_stale, 10 },
                 { "zero_pages", test_zero_pages, 10 },

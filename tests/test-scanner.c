@@ -277,6 +277,7 @@ START_TEST(test_one_submit_per_batch) {
         ck_assert_uint_eq(st.reads, npages / 64);      /* dense: one read per batch */
         ck_assert_uint_le(st.submits, st.batches);
         ck_assert_uint_eq(st.seeks, 0);                 /* cachestat said "all data" */
+        ck_assert_uint_eq(st.cachestats, 1);            /* once for the range, not per batch */
         printf("scanner: dense 16 MiB: %llu batches, %llu submits, %llu cachestat, %llu lseek\n",
                (unsigned long long) st.batches, (unsigned long long) st.submits,
                (unsigned long long) st.cachestats, (unsigned long long) st.seeks);
