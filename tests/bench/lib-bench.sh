@@ -106,6 +106,15 @@ scanned_pages() {
         if [ "$1" = dedupd ]; then stat "$T/status" pages_scanned; else cat "$KSM/pages_scanned"; fi
 }
 
+# cow_ksm: copy-on-write faults on KSM pages, host-wide
+cow_ksm() { awk '$1 == "cow_ksm" { print $2; f = 1 } END { if (!f) print 0 }' /proc/vmstat; }
+
+# cow_breaks ENGINE: merged pages the guests' writes have un-merged so far
+# (dedupd: its unmerges, none asked for here; KSM: cow_ksm, host-wide).
+cow_breaks() {
+        if [ "$1" = dedupd ]; then stat "$T/status" unmerges; else cow_ksm; fi
+}
+
 full_scans() {
         if [ "$1" = dedupd ]; then stat "$T/status" full_scans; else cat "$KSM/full_scans"; fi
 }
