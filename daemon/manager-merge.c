@@ -393,9 +393,14 @@ void vm_handle_remap_reply(Vm *vm, const struct dedup_msg_remap *msg) {
                 first = f->region->first + (dedup_page_t) (f->offset / DEDUP_PAGE_SIZE);
                 f->used = false;
                 if (e->status == DEDUP_REMAP_DONE) {
+                        uint64_t now_ms = now_usec(CLOCK_MONOTONIC) / 1000;
+
                         vm->remaps_done++;
                         m->punched_pages += e->npages;
                         finish_merges(m, first, e->npages, 0);
+                        /* Out of memory, the sample is only smaller. */
+                        for (uint32_t p = 0; p < e->npages; p++)
+                                (void) undone_merged(&m->undone, first + p, now_ms);
                         continue;
                 }
                 /* Aborted (a write got there first) or failed: the agent left
@@ -433,10 +438,17 @@ void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg) {
                 vma_budget_add(&vm->vma, VMA_RUN_COST);
                 for (uint32_t p = 0; p < rg->npages; p++) {
                         dedup_page_t page = reg->first + (dedup_page_t) (rg->offset / DEDUP_PAGE_SIZE) + p;
-                        if (unmerged && dedup_engine_page_state(m->engine, page) == DEDUP_PAGE_UNMERGING)
+                        enum dedup_page_state st = dedup_engine_page_state(m->engine, page);
+
+                        if (unmerged && st == DEDUP_PAGE_UNMERGING) {
                                 dedup_engine_unmerge_done(m->engine, page, 0);
-                        else
-                                dedup_engine_page_written(m->engine, page);
+                                continue;
+                        }
+                        /* A guest write broke a merged page. */
+                        if (unmerged && (st == DEDUP_PAGE_MERGED || st == DEDUP_PAGE_ZERO))
+                                undone_broken(&m->undone, page, now_usec(CLOCK_MONOTONIC) / 1000,
+                                              m->full_scan_us / 1000);
+                        dedup_engine_page_written(m->engine, page);
                 }
         }
 }

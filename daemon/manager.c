@@ -74,6 +74,7 @@ Manager *manager_free(Manager *m) {
         dedup_engine_free(m->engine);
         sd_event_source_disable_unref(m->punch_source);
         free(m->punch);
+        undone_sample_free(&m->undone);
         memcg_free(m->memcg);
         for (unsigned i = 0; i < m->n_pools; i++)
                 pool_free(m->pools[i]);
@@ -382,7 +383,8 @@ void manager_write_status(Manager *m) {
                 "pages_scanned=%llu\nfull_scans=%llu\nstable_node_chains=%llu\nstable_node_dups=%llu\n"
                 "zero_pages=%llu\nmerge_aborts=%llu\nunmerges=%llu\npages_pending=%llu\nmetadata_bytes=%llu\n"
                 "saved_bytes=%llu\npunched_pages=%llu\npools=%u\nholds=%zu\nmemory_limited=%d\n"
-                "pools_claiming=%u\nkept_pages=%llu\n",
+                "pools_claiming=%u\nkept_pages=%llu\nsampled_merges=%llu\nsampled_undone=%llu\n"
+                "sampled_undone_in_scan=%llu\n",
                 m->run, nvms, (unsigned long long) st.pages_shared, (unsigned long long) st.pages_sharing,
                 (unsigned long long) st.pages_unshared, (unsigned long long) st.pages_volatile,
                 (unsigned long long) st.pages_scanned, (unsigned long long) st.full_scans,
@@ -392,7 +394,8 @@ void manager_write_status(Manager *m) {
                 (unsigned long long) st.metadata_bytes,
                 (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE),
                 (unsigned long long) m->punched_pages, m->n_pools, m->n_holds, m->memory_limited,
-                m->n_claiming, (unsigned long long) m->kept_pages);
+                m->n_claiming, (unsigned long long) m->kept_pages, (unsigned long long) m->undone.merges,
+                (unsigned long long) m->undone.undone, (unsigned long long) m->undone.undone_in_scan);
         manager_scan_write_status(m, f);
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];

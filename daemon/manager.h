@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "memcg.h"
+#include "undone-sample.h"
 #include "dedup-engine.h"
 #include "dedup-proto.h"
 #include "numa-topology.h"
@@ -222,6 +223,7 @@ struct Manager {
         char *status_file;
         sd_event_source *status_timer;
         uint64_t punched_pages;
+        UndoneSample undone;            /* merges guests undo, sampled (undone-sample.h) */
         unsigned n_claiming;            /* pools of the previous run not settled (manager-restart.c) */
         uint64_t started_us;            /* CLOCK_MONOTONIC */
         uint64_t settle_checked_us;

@@ -60,6 +60,12 @@ done
 sleep 10
 [ "$(stat $T/status unmerges)" -gt 0 ] || fail "no copy-on-write break happened: writers did not race merges"
 echo "racing: unmerges=$(stat $T/status unmerges) merge_aborts=$(stat $T/status merge_aborts)"
+# The sample of merges undone (one page in 64) saw the merges, and counts
+# only undoing of what it saw.
+sm=$(stat $T/status sampled_merges) su=$(stat $T/status sampled_undone) si=$(stat $T/status sampled_undone_in_scan)
+echo "sample: merges=$sm undone=$su undone_in_scan=$si"
+[ "$sm" -ge $(( want / 128 )) ] && [ "$su" -le "$sm" ] && [ "$si" -le "$su" ] ||
+        fail "sample of merges undone: merges=$sm undone=$su undone_in_scan=$si (want merges >= $(( want / 128 )))"
 
 # SIGKILL the daemon mid-merge: guests go on, no writer hangs.
 zero_before=$(stat $T/status zero_pages)
