@@ -418,20 +418,22 @@ static void plan(Manager *m, ScanJob *j, unsigned *budget, bool *ret_wrapped) {
                 *seg = (ScanSeg) { .vm = vm, .reg = reg, .fd = reg->memfd, .memfd_offset = reg->memfd_offset };
                 snprintf(seg->key, sizeof(seg->key), "%s/%u", vm->name, reg->id);
                 while (*budget > 0 && j->n_units < ROUND_UNITS && m->cursor_page < reg->npages) {
-                        uint32_t max, n = 0;
+                        uint32_t max, n = 1;
 
+                        /* Each page is asked once: asking ages it. */
                         while (m->cursor_page < reg->npages && skip(m, reg, m->cursor_page))
                                 m->cursor_page++;
+                        if (m->cursor_page == reg->npages)
+                                break;
+                        /* The unit starts at the page just found to read. */
                         max = (uint32_t) MIN(MIN(*budget, UNIT_PAGES), reg->npages - m->cursor_page);
                         while (n < max && !skip(m, reg, m->cursor_page + n))
                                 n++;
-                        if (n > 0) {
-                                j->units[j->n_units] = (ScanUnit) {
-                                        .engine = m->engine, .seg = seg, .first = m->cursor_page, .npages = n,
-                                        .hashes = &j->hashes[(size_t) j->n_units * UNIT_PAGES],
-                                };
-                                j->n_units++;
-                        }
+                        j->units[j->n_units] = (ScanUnit) {
+                                .engine = m->engine, .seg = seg, .first = m->cursor_page, .npages = n,
+                                .hashes = &j->hashes[(size_t) j->n_units * UNIT_PAGES],
+                        };
+                        j->n_units++;
                         /* and past the skipped page that ended the unit */
                         m->cursor_page += n < max ? n + 1 : n;
                         *budget -= n;
