@@ -423,6 +423,7 @@ VmRegion *vm_range_region(Vm *vm, const struct dedup_range *rg) {
 void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg) {
         Manager *m = vm->manager;
         bool unmerged = msg->hdr.type == DEDUP_MSG_UNMERGED;
+        uint64_t now_ms = now_usec(CLOCK_MONOTONIC) / 1000;
 
         if (unmerged && (msg->flags & DEDUP_RANGES_F_KEPT))
                 vm->kept_replied_seq = msg->hdr.seq;
@@ -446,8 +447,7 @@ void vm_handle_ranges(Vm *vm, const struct dedup_msg_ranges *msg) {
                         }
                         /* A guest write broke a merged page. */
                         if (unmerged && (st == DEDUP_PAGE_MERGED || st == DEDUP_PAGE_ZERO))
-                                undone_broken(&m->undone, page, now_usec(CLOCK_MONOTONIC) / 1000,
-                                              m->full_scan_us / 1000);
+                                undone_broken(&m->undone, page, now_ms, m->full_scan_us / 1000);
                         dedup_engine_page_written(m->engine, page);
                 }
         }

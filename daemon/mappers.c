@@ -92,10 +92,10 @@ static bool parse_line(const char *s, uint64_t *start, uint64_t *end, uint64_t *
         return true;
 }
 
-/* Scan one maps file. 0, or the callback's error. */
 /* A parsed maps line: the file (device, inode) and its mapped range. */
 typedef int (*line_fn)(void *userdata, pid_t pid, dev_t dev, uint64_t ino, uint64_t offset, uint64_t length);
 
+/* Scan one maps file. 0, or the callback's error. */
 static int scan_maps(int fd, pid_t pid, char *buf, line_fn cb, void *userdata) {
         size_t have = 0;
         bool overlong = false;

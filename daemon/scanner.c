@@ -560,7 +560,6 @@ int scanner_read(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_p
 
 /* ScannerTeam */
 
-
 typedef struct TeamThread {
         ScannerTeam *team;
         pthread_t tid;
