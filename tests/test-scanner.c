@@ -134,7 +134,10 @@ static void check_range(unsigned depth, unsigned batch, uint64_t first, uint64_t
         scanner_get_stats(sc, &st);
         ck_assert_uint_eq(st.pages_delivered, want);
         ck_assert_uint_eq(st.pages_delivered + st.pages_hole, n);
-        ck_assert_uint_eq(st.bytes_read, want * PS);
+        if (n <= 32)    /* read whole, unasked: holes too, up to EOF */
+                ck_assert_uint_eq(st.bytes_read, (MIN(first + n, (uint64_t) NPAGES) - MIN(first, (uint64_t) NPAGES)) * PS);
+        else
+                ck_assert_uint_eq(st.bytes_read, want * PS);
         ck_assert_uint_le(st.submits, st.batches);
         /* Holes were not read, so not allocated either. */
         ck_assert_int_eq(after.st_blocks, before.st_blocks);
@@ -281,6 +284,51 @@ START_TEST(test_one_submit_per_batch) {
         printf("scanner: dense 16 MiB: %llu batches, %llu submits, %llu cachestat, %llu lseek\n",
                (unsigned long long) st.batches, (unsigned long long) st.submits,
                (unsigned long long) st.cachestats, (unsigned long long) st.seeks);
+}
+END_TEST
+
+/* A range of 32 pages or fewer is read whole without asking where its holes
+ * are; a page that reads as zeros is then asked about alone: a hole (never
+ * written, or punched) is not delivered, a page of written zeros is. */
+START_TEST(test_short_range) {
+        _cleanup_(scanner_freep) Scanner *sc = NULL;
+        _cleanup_close_ int fd = memfd_create("test-scanner-short", MFD_CLOEXEC);
+        static const uint8_t zeros[PS];
+        uint8_t buf[PS];
+        ScannerStats st;
+        struct stat before, after;
+        uint64_t n = 0;
+
+        /* Pages 0-31: data, except hole 3, punched 10-11, zeros 20 and 31. */
+        ck_assert_int_eq(ftruncate(fd, 32 * PS), 0);
+        for (unsigned i = 0; i < 32; i++) {
+                fill(buf, i);
+                ck_assert_int_eq(pwrite(fd, i == 20 || i == 31 ? zeros : buf, PS, (off_t) i * PS), (ssize_t) PS);
+        }
+        ck_assert_int_eq(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 3 * PS, PS), 0);
+        ck_assert_int_eq(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 10 * PS, 2 * PS), 0);
+
+        ck_assert_int_eq(scanner_new(2, 64, &sc), 0);
+        ck_assert_int_eq(fstat(fd, &before), 0);
+        ck_assert_int_eq(scanner_read(sc, fd, 0, 32, count_only, &n), 0);
+        ck_assert_int_eq(fstat(fd, &after), 0);
+        scanner_get_stats(sc, &st);
+        ck_assert_uint_eq(n, 29);                       /* 27 of data, 2 of zeros */
+        ck_assert_uint_eq(st.pages_hole, 3);
+        ck_assert_uint_eq(st.cachestats, 5);            /* one per page of zeros */
+        ck_assert_uint_eq(st.seeks, 0);
+        ck_assert_uint_eq(st.reads, 1);
+        ck_assert_int_eq(after.st_blocks, before.st_blocks); /* reading holes allocated nothing */
+
+        /* 33 pages: asked first (its holes are seeked, never read). */
+        ck_assert_int_eq(ftruncate(fd, 33 * PS), 0);
+        scanner_reset_stats(sc);
+        n = 0;
+        ck_assert_int_eq(scanner_read(sc, fd, 0, 33, count_only, &n), 0);
+        scanner_get_stats(sc, &st);
+        ck_assert_uint_eq(n, 29);
+        ck_assert_uint_eq(st.pages_hole, 4);
+        ck_assert_uint_eq(st.bytes_read, 29 * PS);
 }
 END_TEST
 
@@ -558,6 +606,7 @@ static Suite *scanner_suite(void) {
                 { "sparse", test_sparse },
                 { "stop", test_stop },
                 { "one-submit-per-batch", test_one_submit_per_batch },
+                { "short-range", test_short_range },
                 { "fragmented-deep", test_fragmented_deep },
                 { "team", test_team },
                 { "bench", test_bench },
