@@ -397,15 +397,33 @@ static bool cursor_region(Manager *m, Vm **ret_vm, VmRegion **ret_reg, bool *ret
         }
 }
 
-/* Smart scan's skip (settling looks at every page: a skipped one could
- * have changed), decided before reading: a skipped page is not read. */
-static bool skip(Manager *m, const VmRegion *reg, uint64_t index) {
-        return m->scan_phase != SCAN_SETTLING && dedup_engine_should_skip(m->engine, reg->first + (dedup_page_t) index);
+/* Decided before reading: a skipped page is not read.
+ * - A merged or zero page is a hole in the memfd, and the engine looks at
+ *   no page merged or in flight. Left in a unit, such pages made the
+ *   scanner ask where the holes were: two or three syscalls for each run
+ *   of data between them. They are still counted in *passed, as KSM
+ *   counts its merged pages in pages_to_scan: a round covers as much
+ *   memory as before, and full scans do not come faster just because
+ *   much is merged.
+ * - Smart scan's skip, except while settling (which looks at every page: a
+ *   skipped one could have changed), costs nothing. */
+static bool skip(Manager *m, const VmRegion *reg, uint64_t index, unsigned *passed) {
+        dedup_page_t page = reg->first + (dedup_page_t) index;
+
+        switch (dedup_engine_page_state(m->engine, page)) {
+        case DEDUP_PAGE_NEW:
+        case DEDUP_PAGE_VOLATILE:
+        case DEDUP_PAGE_UNSTABLE:
+                return m->scan_phase != SCAN_SETTLING && dedup_engine_should_skip(m->engine, page);
+        default:
+                (*passed)++;
+                return true;
+        }
 }
 
 /* Plan a round: units of pages to read from the cursor on, within *budget
- * (pages read; skipped pages cost only a look at their slot), up to the
- * end of the full scan. */
+ * (pages read or passed over merged; see skip()), up to the end of the
+ * full scan. */
 static void plan(Manager *m, ScanJob *j, unsigned *budget, bool *ret_wrapped) {
         Vm *vm;
         VmRegion *reg;
@@ -419,15 +437,19 @@ static void plan(Manager *m, ScanJob *j, unsigned *budget, bool *ret_wrapped) {
                 snprintf(seg->key, sizeof(seg->key), "%s/%u", vm->name, reg->id);
                 while (*budget > 0 && j->n_units < ROUND_UNITS && m->cursor_page < reg->npages) {
                         uint32_t max, n = 1;
+                        unsigned passed = 0;
 
                         /* Each page is asked once: asking ages it. */
-                        while (m->cursor_page < reg->npages && skip(m, reg, m->cursor_page))
+                        while (m->cursor_page < reg->npages && passed < *budget &&
+                               skip(m, reg, m->cursor_page, &passed))
                                 m->cursor_page++;
-                        if (m->cursor_page == reg->npages)
+                        *budget -= passed;
+                        if (m->cursor_page == reg->npages || *budget == 0)
                                 break;
                         /* The unit starts at the page just found to read. */
                         max = (uint32_t) MIN(MIN(*budget, UNIT_PAGES), reg->npages - m->cursor_page);
-                        while (n < max && !skip(m, reg, m->cursor_page + n))
+                        passed = 0;
+                        while (n < max && !skip(m, reg, m->cursor_page + n, &passed))
                                 n++;
                         j->units[j->n_units] = (ScanUnit) {
                                 .engine = m->engine, .seg = seg, .first = m->cursor_page, .npages = n,
@@ -436,7 +458,7 @@ static void plan(Manager *m, ScanJob *j, unsigned *budget, bool *ret_wrapped) {
                         j->n_units++;
                         /* and past the skipped page that ended the unit */
                         m->cursor_page += n < max ? n + 1 : n;
-                        *budget -= n;
+                        *budget -= MIN(*budget, n + passed);
                 }
                 if (j->n_units == units)
                         j->n_segs--;    /* every page skipped: no unit needs it */
