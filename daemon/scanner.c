@@ -22,12 +22,13 @@
  *   cheap: empty xarray ranges are skipped whole.
  *
  * - A short range (UNPROBED_PAGES or fewer) is read whole, unasked. The
- *   daemon's units end at pages it skips (merged, say), so once a guest is
- *   merged most ranges are a few pages of data, and asking cost a syscall
- *   each: 6-12% of dedupd's CPU converging `vs-ksm image`. A hole in such a
- *   range reads as zeros (no page is allocated); so each page that reads as
- *   zeros is asked about alone, and not delivered if it is not in the page
- *   cache. Zero pages in short ranges are few: the daemon merges them.
+ *   daemon's units end at pages it does not read (merged ones, say), so
+ *   once a guest is merged most ranges are a few pages of data, and asking
+ *   cost a syscall per range. A hole in such a range reads as zeros (no
+ *   page is allocated); each page that reads as zeros is asked about alone,
+ *   and not delivered if it is not in the page cache. So a short range of
+ *   mostly holes costs more than asking would; the daemon's have few: its
+ *   units leave out the pages it punched, and zero pages get merged.
  *
  * - One submit per batch: a batch's extents are queued as one SQE each and
  *   submitted together; with queue_depth batches in flight, the submit of
