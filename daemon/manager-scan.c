@@ -239,6 +239,12 @@ static void update_team(Manager *m) {
 
         if (m->scan_threads == have || m->scan_threads == m->scan_team_failed)
                 return;
+        if (m->scan_team) {
+                ScannerStats st;
+
+                scanner_team_get_stats(m->scan_team, &st);
+                scanner_stats_add(&m->scan_stats_gone, &st);
+        }
         m->scan_team = scanner_team_free(m->scan_team);
         m->scan_team_failed = 0;
         if (m->scan_threads <= 1)
@@ -775,6 +781,15 @@ int manager_schedule_scan(Manager *m) {
 }
 
 void manager_scan_write_status(Manager *m, FILE *f) {
-        fprintf(f, "idle=%d\nidle_entries=%llu\nscan_threads=%u\n", m->scan_phase == SCAN_IDLE,
-                (unsigned long long) m->idle_entries, m->scan_team ? scanner_team_size(m->scan_team) : 1);
+        ScannerStats st, team = {};
+
+        scanner_get_stats(m->scanner, &st);
+        scanner_stats_add(&st, &m->scan_stats_gone);
+        if (m->scan_team)
+                scanner_team_get_stats(m->scan_team, &team);
+        scanner_stats_add(&st, &team);
+        fprintf(f, "idle=%d\nidle_entries=%llu\nscan_threads=%u\nscan_reads=%llu\nscan_hole_probes=%llu\n",
+                m->scan_phase == SCAN_IDLE, (unsigned long long) m->idle_entries,
+                m->scan_team ? scanner_team_size(m->scan_team) : 1, (unsigned long long) st.reads,
+                (unsigned long long) (st.cachestats + st.seeks));
 }

@@ -208,6 +208,7 @@ struct Manager {
         unsigned scan_threads;          /* ScanThreads: readers, the event loop's thread included */
         ScannerTeam *scan_team;         /* the other scan_threads - 1, NULL for none */
         unsigned scan_team_failed;      /* a ScanThreads that could not start: not retried */
+        ScannerStats scan_stats_gone;   /* of scan threads stopped since */
         ScanJob *scan_job;              /* one round of reads and hashes */
         ScanPhase scan_phase;
         ScanMark scan_mark;             /* at the start of this full scan; while idle, since */

@@ -241,6 +241,17 @@ void scanner_reset_stats(Scanner *s) {
         s->stats = (ScannerStats) {};
 }
 
+void scanner_stats_add(ScannerStats *a, const ScannerStats *b) {
+        a->bytes_read += b->bytes_read;
+        a->pages_delivered += b->pages_delivered;
+        a->pages_hole += b->pages_hole;
+        a->batches += b->batches;
+        a->submits += b->submits;
+        a->reads += b->reads;
+        a->seeks += b->seeks;
+        a->cachestats += b->cachestats;
+}
+
 bool scanner_uses_fixed_buffers(const Scanner *s) {
         return s->fixed;
 }
@@ -611,6 +622,7 @@ struct ScannerTeam {
         pthread_cond_t ready;   /* scanner_team_new(): a thread started */
         Scanner *own;
         ScannerConfig config;
+        ScannerStats stats;     /* of the threads' scanners, own not included */
         TeamThread *threads;
         unsigned n_threads;     /* started, the caller not counted */
         bool stop;
@@ -636,6 +648,10 @@ static void run_unit(ScannerTeam *t, Scanner *s) {
         pthread_mutex_unlock(&t->lock);
         r = t->fn(t->userdata, s, u);
         pthread_mutex_lock(&t->lock);
+        if (s != t->own) {
+                scanner_stats_add(&t->stats, &s->stats);
+                scanner_reset_stats(s);
+        }
         t->unit_r[u] = r;
         t->unit_done[u] = true;
         t->busy--;
@@ -734,6 +750,12 @@ ScannerTeam *scanner_team_free(ScannerTeam *t) {
 
 unsigned scanner_team_size(const ScannerTeam *t) {
         return t->n_threads + 1;
+}
+
+void scanner_team_get_stats(ScannerTeam *t, ScannerStats *ret) {
+        pthread_mutex_lock(&t->lock);
+        *ret = t->stats;
+        pthread_mutex_unlock(&t->lock);
 }
 
 int scanner_team_start(ScannerTeam *t, size_t n, scanner_unit_fn fn, void *userdata) {

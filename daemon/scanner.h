@@ -70,6 +70,7 @@ int scanner_read(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_p
 /* Cumulative since scanner_new() or scanner_reset_stats(). */
 void scanner_get_stats(const Scanner *s, ScannerStats *ret);
 void scanner_reset_stats(Scanner *s);
+void scanner_stats_add(ScannerStats *a, const ScannerStats *b);
 /* True if reads use registered buffers (READ_FIXED); false after a fallback
  * to plain reads because registering failed (RLIMIT_MEMLOCK). */
 bool scanner_uses_fixed_buffers(const Scanner *s);
@@ -109,6 +110,9 @@ static inline void scanner_team_freep(ScannerTeam **t) {
                 scanner_team_free(*t);
 }
 unsigned scanner_team_size(const ScannerTeam *t);
+/* What the team's threads' scanners did (own not included): their stats
+ * are added up as each unit is done. */
+void scanner_team_get_stats(ScannerTeam *t, ScannerStats *ret);
 
 /* Start a job of n units; the previous one must be finished. -ENOMEM. */
 int scanner_team_start(ScannerTeam *t, size_t n, scanner_unit_fn fn, void *userdata);

@@ -67,6 +67,16 @@ echo "sample: merges=$sm undone=$su undone_in_scan=$si"
 [ "$sm" -ge $(( want / 128 )) ] && [ "$su" -le "$sm" ] && [ "$si" -le "$su" ] ||
         fail "sample of merges undone: merges=$sm undone=$su undone_in_scan=$si (want merges >= $(( want / 128 )))"
 
+# Merged pages are holes that dedupd neither reads nor asks about: with most
+# of the guests merged, scanning asks where holes are far less often than
+# it reads (it used to ask two or three times per run of data it read).
+r0=$(stat $T/status scan_reads) p0=$(stat $T/status scan_hole_probes) s0=$(stat $T/status full_scans)
+wait_for 30 "[ \$(stat $T/status full_scans) -ge $((s0 + 3)) ]" || fail "fewer than 3 full scans in 30 s"
+reads=$(( $(stat $T/status scan_reads) - r0 )) probes=$(( $(stat $T/status scan_hole_probes) - p0 ))
+echo "3 full scans of merged guests: $reads reads, $probes hole probes"
+[ "$reads" -gt 0 ] && [ $(( probes * 4 )) -le "$reads" ] ||
+        fail "scanning merged guests: $probes hole probes for $reads reads"
+
 # SIGKILL the daemon mid-merge: guests go on, no writer hangs.
 zero_before=$(stat $T/status zero_pages)
 kill -9 "$DEDUPD_PID"

@@ -447,6 +447,18 @@ static void check_team(unsigned nthreads) {
         }
         printf("scanner team of %u: units read by %u threads\n", nthreads, ntids);
 
+        /* The stats of own and of the threads' scanners add up to the pages. */
+        ScannerStats st, team;
+        uint64_t ndata = 0;
+        for (unsigned i = 0; i < NPAGES; i++)
+                ndata += data[i];
+        scanner_get_stats(own, &st);
+        scanner_team_get_stats(t, &team);
+        scanner_stats_add(&st, &team);
+        ck_assert_uint_eq(st.pages_delivered, 3 * ndata);
+        ck_assert(nthreads > 1 || team.pages_delivered == 0);
+        ck_assert(ntids < 2 || team.pages_delivered > 0);      /* a thread read a unit */
+
         /* Stopping early: units taken are finished, the rest never start. */
         for (size_t i = 0; i < nunits; i++)
                 units[i] = (TeamUnit) { .fd = fd, .first = i * UNIT };
