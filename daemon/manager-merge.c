@@ -380,6 +380,7 @@ int manager_flush(Manager *m) {
 
 void vm_handle_remap_reply(Vm *vm, const struct dedup_msg_remap *msg) {
         Manager *m = vm->manager;
+        uint64_t now_ms = now_usec(CLOCK_MONOTONIC) / 1000;
 
         for (uint32_t i = 0; i < msg->count; i++) {
                 const struct dedup_remap_entry *e = &msg->entries[i];
@@ -393,8 +394,6 @@ void vm_handle_remap_reply(Vm *vm, const struct dedup_msg_remap *msg) {
                 first = f->region->first + (dedup_page_t) (f->offset / DEDUP_PAGE_SIZE);
                 f->used = false;
                 if (e->status == DEDUP_REMAP_DONE) {
-                        uint64_t now_ms = now_usec(CLOCK_MONOTONIC) / 1000;
-
                         vm->remaps_done++;
                         m->punched_pages += e->npages;
                         finish_merges(m, first, e->npages, 0);
