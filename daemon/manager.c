@@ -401,8 +401,7 @@ void manager_write_status(Manager *m) {
                 Vm *vm = m->vms[i];
                 DedupVmStats vs;
 
-                if (!vm || !vm->hello_done || vm->disconnected ||
-                    dedup_engine_vm_stats(m->engine, vm->engine_vm, &vs) < 0)
+                if (!vm_live(vm) || dedup_engine_vm_stats(m->engine, vm->engine_vm, &vs) < 0)
                         continue;
                 fprintf(f, "vm.%s.pid=%d\nvm.%s.group=%u\nvm.%s.merging_pages=%llu\nvm.%s.zero_pages=%llu\n"
                         "vm.%s.vmas=%llu\n",
