@@ -495,16 +495,9 @@ static int reap(Scanner *s, bool submit, bool wait) {
         return 0;
 }
 
-static bool page_zero(const uint8_t *p) {
-        uint64_t w;
-
-        memcpy(&w, p, sizeof w);
-        return w == 0 && memcmp(p, p + sizeof w, PS - sizeof w) == 0;
-}
-
 /* In a range read unasked, a page of zeros may be a hole. */
 static bool hole(Scanner *s, const Probe *pr, uint64_t off, const uint8_t *page) {
-        return pr->unprobed && page_zero(page) && !all_cached(s, pr->fd, off, off + PS);
+        return pr->unprobed && mem_is_zero(page, PS) && !all_cached(s, pr->fd, off, off + PS);
 }
 
 /* Hand a completed batch's pages out, in order. 1 at EOF (a short read),

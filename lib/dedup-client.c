@@ -271,14 +271,6 @@ static int pread_full(int fd, void *buf, size_t len, uint64_t off) {
         return 0;
 }
 
-static bool is_zero(const uint8_t *p, size_t len) {
-        const uint64_t *q = (const uint64_t *) p;
-        for (size_t i = 0; i < len / 8; i++)
-                if (q[i])
-                        return false;
-        return true;
-}
-
 /* ---- userfaultfd ---- */
 
 static int uffd_register(int uffd, void *addr, size_t len) {
@@ -692,7 +684,7 @@ static int pagemap_read(dedup_client *c, const uint8_t *a, uint64_t n) {
  * exactly the canonical content? */
 static bool page_is_canonical(dedup_client *c, const uint8_t *a, const PoolFd *pool, uint64_t pool_off) {
         if (!pool)
-                return is_zero(a, PAGE);
+                return mem_is_zero(a, PAGE);
         if (pread_full(pool->fd, c->page_buf, PAGE, pool_off) < 0)
                 return false;
         return memcmp(a, c->page_buf, PAGE) == 0;
@@ -1185,7 +1177,7 @@ enum { REHOME_DATA, REHOME_HOLE, KEEP_ZERO, KEEP_POOL };
 static int reconnect_kind(const Region *r, uint64_t i, uint64_t pm, const PoolVmas *pv) {
         const uint8_t *a = r->hva + i * PAGE;
 
-        if (!is_zero(a, PAGE))
+        if (!mem_is_zero(a, PAGE))
                 return bit_test(r->merged, i) && (pm & PM_FILE) && pool_vma_find(pv, a) ? KEEP_POOL : REHOME_DATA;
         return bit_test(r->zero, i) && bit_test(r->merged, i) ? KEEP_ZERO : REHOME_HOLE;
 }

@@ -8,6 +8,8 @@
  */
 
 #include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -32,6 +34,17 @@
 #define DEDUP_PAGE_SIZE 4096u
 #define DEDUP_PAGE_SHIFT 12
 #define DEDUP_PAGE_ALIGNED(x) ((((uint64_t) (x)) & (DEDUP_PAGE_SIZE - 1)) == 0)
+
+/* All zeros? p is 8-byte aligned and len a multiple of 8 (a page, say);
+ * stops at the first word that is not zero. */
+static inline bool mem_is_zero(const void *p, size_t len) {
+        const uint64_t *q = p;
+
+        for (size_t i = 0; i < len / sizeof *q; i++)
+                if (q[i])
+                        return false;
+        return true;
+}
 
 #define TAKE_PTR(p)                               \
         ({                                        \
