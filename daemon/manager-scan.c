@@ -65,8 +65,9 @@
  *   busy guest pays at most one write fault per page per idle period.
  *
  * Why not the alternatives: PAGEMAP_SCAN's written-page tracking needs an
- * async (WP_ASYNC) userfaultfd, which must never cover merged pages, and
- * the agent's is synchronous (DESIGN.md §5); soft-dirty bits are cleared
+ * async (WP_ASYNC) userfaultfd over the pages tracked, and unmerged pages
+ * must stay on the agent's synchronous one: a merge needs their writers to
+ * wait (DESIGN.md §2); soft-dirty bits are cleared
  * process-wide (CRIU's business) and cost a fault per page on the whole
  * VMM; checksum sampling finds a change only after reading much of the
  * memory it was meant to spare. Here idle costs a tick a second, the

@@ -5,8 +5,9 @@
  * DOC: Overview
  *
  * The agent owns one synchronous userfaultfd (WP mode) over every exported
- * region and a SOCK_SEQPACKET connection to dedupd. The daemon holds a dup
- * of the uffd and write-protects pages it wants to merge; the agent does
+ * region, an async one (WP_ASYNC) over the merged pages, and a
+ * SOCK_SEQPACKET connection to dedupd. The daemon holds a dup of the
+ * synchronous uffd and write-protects pages it wants to merge; the agent does
  * everything that needs to happen inside the VMM's address space: map pool
  * pages over guest RAM (REMAP), map the memfd back (UNMERGE and guest
  * writes), and answer every write fault.
@@ -25,9 +26,14 @@
  *             the daemon may protect it at any time.
  *   merged    MAP_PRIVATE from a pool page or the anonymous zero overlay,
  *             write-protected by us, memfd offset punched. The memfd does
- *             not hold the data: only the mapping does. A write faults and
- *             we copy the page back into the memfd before the guest's write
- *             proceeds (rehome()).
+ *             not hold the data: only the mapping does. Normally on the
+ *             async uffd (bit r->async): a write waits for nobody, the
+ *             kernel copies the page into an anonymous one in the writing
+ *             thread, and a sweep later copies that into the memfd and maps
+ *             the memfd back (see sweep_region()). Pages kept at a
+ *             reconnect, and pages being put back, are on the synchronous
+ *             uffd instead: a write faults and we copy the page back into
+ *             the memfd before the guest's write proceeds (rehome()).
  *   detached  MAP_PRIVATE but *not* protected: a fallback when we could not
  *             map the memfd back (VMA limit, memory). The data is correct in
  *             the private mapping; the memfd copy is stale, so such pages are
@@ -39,6 +45,7 @@
  *     wait for us) or was verified afterwards (window check).
  *   - No guest thread ever waits on the daemon: every fault is answered by
  *     this thread from local state; the daemon only ever receives news.
+ *     A write to a merged page waits for no one at all.
  *   - Fail-safe: on EOF, any socket error, an ERROR/BYE, or any message that
  *     fails validation, the agent unprotects and unregisters all regions,
  *     closes the socket and from then on only answers stray faults with a
@@ -121,6 +128,8 @@ typedef struct Region {
         uint64_t *merged;               /* bit per page: see "Page states" */
         uint64_t *detached;             /* lazily allocated */
         uint64_t *zero;                 /* merged onto an anonymous zero overlay; lazily */
+        uint64_t *async;                /* merged and on c->uffd_async */
+        uint64_t n_async;               /* bits set in async */
 } Region;
 
 typedef struct PoolFd {
@@ -156,6 +165,7 @@ struct dedup_client {
         size_t n_pools;
 
         int uffd;                       /* ours; the daemon has a dup */
+        int uffd_async;                 /* WP_ASYNC, over merged pages only; ours alone */
         int sock;
         int pagemap_fd;                 /* /proc/self/pagemap */
         bool pagemap_frames;            /* pagemap shows frames: pte markers are recognisable */
@@ -177,6 +187,13 @@ struct dedup_client {
         size_t n_pending;
         OutMsg *out_head, **out_tail;
         size_t n_out;
+
+        /* Sweeps for merged pages the guest wrote (see sweep_tick()). */
+        int statm_fd;                   /* /proc/self/statm */
+        uint64_t anon_seen;             /* anonymous pages at the last sweep, less those it freed */
+        uint64_t sweep_not_before;      /* CLOCK_MONOTONIC us */
+        uint64_t sweep_by;
+        uint64_t tick_at;
 
         uint64_t pm[DEDUP_PROTO_MAX_RUN];       /* pagemap scratch */
         uint8_t page_buf[PAGE];                 /* window-check scratch */
@@ -224,6 +241,14 @@ static uint64_t bits_clear(uint64_t *b, uint64_t first, uint64_t n) {
                         changed++;
                 }
         return changed;
+}
+
+/* The end of the run of equal bits that starts at s, at most end. */
+static uint64_t bits_run_end(const uint64_t *b, uint64_t s, uint64_t end) {
+        uint64_t e = s + 1;
+        while (e < end && bit_test(b, e) == bit_test(b, s))
+                e++;
+        return e;
 }
 
 static bool bits_any(const uint64_t *b, uint64_t first, uint64_t n) {
@@ -330,14 +355,15 @@ static int uffd_open(void) {
         return r;
 }
 
-static int uffd_new(void) {
-        /* Never EVENT_REMAP/UNMAP (our own mmap would block until the event
-         * is read) nor WP_ASYNC (writes to merged pages would resolve
-         * without us): see DESIGN §5. */
+/* Never EVENT_REMAP/UNMAP: our own mmap would block until the event is
+ * read (DESIGN §5). async: WP_ASYNC, the kernel resolves write faults
+ * itself and only pagemap tells which pages were written; for merged pages
+ * only (see "Page states"). */
+static int uffd_new(bool async) {
         struct uffdio_api api = {
                 .api = UFFD_API,
                 .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_UNPOPULATED |
-                            UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+                            UFFD_FEATURE_WP_HUGETLBFS_SHMEM | (async ? UFFD_FEATURE_WP_ASYNC : 0),
         };
         int fd = uffd_open();
 
@@ -361,6 +387,7 @@ static Region *region_free(Region *r) {
         free(r->merged);
         free(r->detached);
         free(r->zero);
+        free(r->async);
         free(r);
         return NULL;
 }
@@ -423,6 +450,48 @@ static void region_detach(dedup_client *c, Region *r, uint64_t first, uint64_t n
         bits_clear(r->zero, first, n);
         stats_merged(c, -(int64_t) bits_clear(r->merged, first, n));
         unprotect_or_wake(c->uffd, r->hva + first * PAGE, n * PAGE);
+}
+
+/* ---- merged pages on the async uffd ---- */
+
+/* Take the async uffd off the pages of [first, +n) that are on it, which
+ * also clears their protection. Returns the first error. */
+static int async_release(dedup_client *c, Region *r, uint64_t first, uint64_t n) {
+        int ret = 0;
+
+        for (uint64_t s = first, e; s < first + n; s = e) {
+                e = bits_run_end(r->async, s, first + n);
+                if (!bit_test(r->async, s))
+                        continue;
+                int q = uffd_unregister(c->uffd_async, r->hva + s * PAGE, (e - s) * PAGE);
+                if (q < 0 && ret == 0)
+                        ret = q;
+                r->n_async -= bits_clear(r->async, s, e - s);
+        }
+        return ret;
+}
+
+/* Make writers to the merged pages [first, +n) wait for us again, as
+ * anything that copies them needs: an async protection stops no write.
+ * Pages on the async uffd move to the synchronous one, protected; the
+ * others are protected there already. */
+static int freeze(dedup_client *c, Region *r, uint64_t first, uint64_t n) {
+        for (uint64_t s = first, e; s < first + n; s = e) {
+                uint8_t *a = r->hva + s * PAGE;
+                int q;
+
+                e = bits_run_end(r->async, s, first + n);
+                if (!bit_test(r->async, s))
+                        continue;
+                q = async_release(c, r, s, e - s);
+                if (q >= 0)
+                        q = uffd_register(c->uffd, a, (e - s) * PAGE);
+                if (q >= 0)
+                        q = uffd_protect(c->uffd, a, (e - s) * PAGE, true);
+                if (q < 0)
+                        return q;
+        }
+        return 0;
 }
 
 /* ---- outgoing messages ---- */
@@ -562,11 +631,15 @@ static void kick(dedup_client *c) {
 
 /* ---- fail-safe ---- */
 
-static uint64_t now_ms(void) {
+static uint64_t now_us(void) {
         struct timespec ts;
 
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static uint64_t now_ms(void) {
+        return now_us() / 1000;
 }
 
 /* The daemon is gone or misbehaved: make every guest write succeed from now
@@ -586,6 +659,7 @@ static void failsafe(dedup_client *c, bool retry) {
 
         for (size_t i = 0; i < c->n_regions; i++) {
                 Region *r = c->regions[i];
+                (void) async_release(c, r, 0, r->npages);
                 if (!r->registered)
                         continue;
                 (void) uffd_protect(c->uffd, r->hva, r->size, false);
@@ -627,6 +701,120 @@ static int rehome(dedup_client *c, Region *r, uint64_t first, uint64_t n, bool z
         return 0;
 }
 
+/* Put the merged pages [first, +n) back into the memfd. */
+static void unmerge_run(dedup_client *c, Region *r, uint64_t first, uint64_t n) {
+        if (freeze(c, r, first, n) < 0)
+                region_detach(c, r, first, n);
+        else
+                (void) rehome(c, r, first, n, false);
+}
+
+/* The guest wrote the merged pages [first, +n) (or is waiting to): they
+ * are its own again. */
+static void cow_break(dedup_client *c, Region *r, uint64_t first, uint64_t n) {
+        unmerge_run(c, r, first, n);
+        c->stats.cow_breaks += n;
+        (void) pending_add(c, DEDUP_MSG_UNMERGED, r, first, n);
+}
+
+/* ---- sweeps: merged pages the guest wrote ---- */
+
+/* Merged pages are write-protected on the async uffd: a guest write to one
+ * does not wait for us. The kernel resolves it in the writing thread (a
+ * WP_ASYNC fault only clears the protection) and copies the page into an
+ * anonymous one, as for any private mapping: KSM's copy-on-write, a few
+ * microseconds. Nothing tells us, so sweeps look for such pages with
+ * PAGEMAP_SCAN (a page no longer protected counts as written; only VMAs on
+ * the async uffd are walked) and cow_break() puts them back into the memfd.
+ * Until then the guest's data is right in its own mapping; only the
+ * memfd and the daemon's count are behind.
+ *
+ * A sweep walks every merged VMA, tens of milliseconds for tens of
+ * thousands, so one is made only when the process's anonymous memory
+ * changed (every such write adds a page: /proc/self/statm, a read every
+ * SWEEP_TICK_MS), and at least every SWEEP_MAX_MS in case another change
+ * hid it; never more than 1/SWEEP_COST_SHARE of the time. */
+#define SWEEP_TICK_MS 10
+#define SWEEP_MAX_MS 10000
+#define SWEEP_COST_SHARE 50
+
+static uint64_t anon_pages(dedup_client *c) {
+        unsigned long long size, resident, shared;
+        char buf[128];
+        ssize_t n = pread(c->statm_fd, buf, sizeof buf - 1, 0);
+
+        if (n <= 0)
+                return UINT64_MAX;
+        buf[n] = 0;
+        if (sscanf(buf, "%llu %llu %llu", &size, &resident, &shared) != 3)
+                return UINT64_MAX;
+        return resident - shared;
+}
+
+static void sweep_region(dedup_client *c, Region *r) {
+        struct page_region v[64];
+        struct pm_scan_arg arg = {
+                .size = sizeof arg,
+                .start = (uintptr_t) r->hva,
+                .end = (uintptr_t) r->hva + r->size,
+                .vec = (uintptr_t) v,
+                .vec_len = ELEMENTSOF(v),
+                .category_mask = PAGE_IS_WPALLOWED | PAGE_IS_WRITTEN,
+                .return_mask = PAGE_IS_WRITTEN,
+        };
+
+        while (r->n_async > 0) {
+                long n = ioctl(c->pagemap_fd, PAGEMAP_SCAN, &arg);
+                if (n < 0)
+                        return;
+                for (long i = 0; i < n; i++) {
+                        uint64_t first = (v[i].start - (uintptr_t) r->hva) / PAGE;
+                        uint64_t end = (v[i].end - (uintptr_t) r->hva) / PAGE;
+                        for (uint64_t s = first, e; s < end; s = e) {
+                                e = bits_run_end(r->async, s, end);
+                                if (bit_test(r->async, s))
+                                        cow_break(c, r, s, e - s);
+                        }
+                }
+                if (arg.walk_end >= arg.end)
+                        return;
+                arg.start = arg.walk_end;
+        }
+}
+
+/* Called every time round the agent's loop; returns the poll timeout it
+ * needs (-1: none). */
+static int sweep_tick(dedup_client *c) {
+        uint64_t now = now_us(), anon, breaks;
+        bool any = false;
+
+        for (size_t i = 0; c->connected && i < c->n_regions; i++)
+                any = any || c->regions[i]->n_async > 0;
+        if (!any)
+                return -1;
+        if (now < c->tick_at)
+                return (int) ((c->tick_at - now + 999) / 1000);
+        c->tick_at = now + SWEEP_TICK_MS * 1000;
+        if (now < c->sweep_not_before)
+                return SWEEP_TICK_MS;
+        anon = anon_pages(c);
+        if (anon == c->anon_seen && now < c->sweep_by)
+                return SWEEP_TICK_MS;
+
+        /* A write during the sweep, behind it, must still change what the
+         * next tick reads: count from before, less the anonymous copies
+         * the sweep put back (each freed when the memfd was mapped over). */
+        breaks = c->stats.cow_breaks;
+        for (size_t i = 0; i < c->n_regions; i++)
+                sweep_region(c, c->regions[i]);
+        breaks = c->stats.cow_breaks - breaks;
+        c->anon_seen = anon - MIN(anon, breaks);
+        uint64_t end = now_us();
+        c->sweep_not_before = end + MAX((uint64_t) SWEEP_TICK_MS * 1000, (end - now) * SWEEP_COST_SHARE);
+        c->sweep_by = end + (uint64_t) SWEEP_MAX_MS * 1000;
+        return SWEEP_TICK_MS;
+}
+
 /* ---- faults ---- */
 
 static void handle_fault(dedup_client *c, const struct uffd_msg *m) {
@@ -644,9 +832,7 @@ static void handle_fault(dedup_client *c, const struct uffd_msg *m) {
 
         uint64_t idx = (addr - (uintptr_t) r->hva) / PAGE;
         if (bit_test(r->merged, idx)) {
-                (void) rehome(c, r, idx, 1, false);
-                c->stats.cow_breaks++;
-                (void) pending_add(c, DEDUP_MSG_UNMERGED, r, idx, 1);
+                cow_break(c, r, idx, 1);
         } else {
                 /* The daemon's transient protection (merge step 1), or a
                  * duplicate fault on a page already handled. */
@@ -782,18 +968,24 @@ static uint32_t remap_entry(dedup_client *c, Region *r, PoolFd *pool, const stru
         region_apply_vmflags(r, a, len);
         if (c->window_hook)
                 c->window_hook(a, len, c->window_hook_userdata);
-        q = uffd_register(c->uffd, a, len);
-        if (q >= 0)
-                q = uffd_protect(c->uffd, a, len, true);
+        q = uffd_register(c->uffd_async, a, len);
+        if (q >= 0) {
+                q = uffd_protect(c->uffd_async, a, len, true);
+                if (q < 0)
+                        (void) uffd_unregister(c->uffd_async, a, len);
+        }
         if (q < 0) {
                 /* Content is right (pool pages equal the guest's), but we
                  * cannot see writes: detach, never punch. */
                 region_detach(c, r, first, n);
                 return DEDUP_REMAP_FAILED;
         }
+        r->n_async += bits_set(r->async, first, n);
 
         if (run_written(c, a, n, pool, e->pool_offset)) {
-                q = pwrite_full(r->memfd, a, len, r->memfd_offset + e->offset);
+                q = freeze(c, r, first, n);
+                if (q >= 0)
+                        q = pwrite_full(r->memfd, a, len, r->memfd_offset + e->offset);
                 if (q >= 0)
                         q = region_map_shared(c, r, first, n);
                 if (q < 0)
@@ -909,16 +1101,10 @@ static int handle_unmerge(dedup_client *c, const struct dedup_msg_ranges *m) {
                 /* Only merged pages: a plain page may be written right now
                  * through its shared mapping, and copying it onto itself
                  * could undo that write. Merged pages are protected. */
-                for (uint64_t s = first; s < end;) {
-                        if (!bit_test(r->merged, s)) {
-                                s++;
-                                continue;
-                        }
-                        uint64_t e = s;
-                        while (e < end && bit_test(r->merged, e))
-                                e++;
-                        (void) rehome(c, r, s, e - s, false);
-                        s = e;
+                for (uint64_t s = first, e; s < end; s = e) {
+                        e = bits_run_end(r->merged, s, end);
+                        if (bit_test(r->merged, s))
+                                unmerge_run(c, r, s, e - s);
                 }
         }
 
@@ -1365,16 +1551,17 @@ static void *agent_main(void *userdata) {
 
         pthread_mutex_lock(&c->lock);
         while (!c->stopping) {
+                int timeout = sweep_tick(c);
+                out_flush(c); /* what the sweep had to say */
+                if (c->retry) {
+                        uint64_t now = now_ms();
+                        timeout = c->retry_at > now ? (int) (c->retry_at - now) : 0;
+                }
                 struct pollfd pfd[3] = {
                         { .fd = c->event_fd, .events = POLLIN },
                         { .fd = c->uffd, .events = POLLIN },
                         { .fd = c->connected ? c->sock : -1, .events = POLLIN | (c->out_head ? POLLOUT : 0) },
                 };
-                int timeout = -1;
-                if (c->retry) {
-                        uint64_t now = now_ms();
-                        timeout = c->retry_at > now ? (int) (c->retry_at - now) : 0;
-                }
                 pthread_mutex_unlock(&c->lock);
 
                 int n = poll(pfd, ELEMENTSOF(pfd), timeout);
@@ -1424,7 +1611,7 @@ int dedup_client_new(const char *socket_path, const char *name, const char *uuid
         c = calloc(1, sizeof *c);
         if (!c)
                 return -ENOMEM;
-        c->uffd = c->sock = c->pagemap_fd = c->event_fd = -EBADF;
+        c->uffd = c->uffd_async = c->statm_fd = c->sock = c->pagemap_fd = c->event_fd = -EBADF;
         c->out_tail = &c->out_head;
         r = pthread_mutex_init(&c->lock, NULL);
         if (r != 0) {
@@ -1491,7 +1678,8 @@ int dedup_client_export_region(dedup_client *c, int memfd, uint64_t memfd_offset
         r->hva = hva;
         r->npages = size / PAGE;
         r->merged = calloc((r->npages + 63) / 64, sizeof(uint64_t));
-        if (!r->merged) {
+        r->async = calloc((r->npages + 63) / 64, sizeof(uint64_t));
+        if (!r->merged || !r->async) {
                 q = -ENOMEM;
                 goto out;
         }
@@ -1558,9 +1746,19 @@ int dedup_client_start(dedup_client *c) {
                                           ((uintptr_t) c->page_buf / PAGE) * sizeof pm) == sizeof pm &&
                                     (pm & PM_PRESENT) && (pm & PM_FRAME_MASK) != 0;
         }
-        c->uffd = uffd_new();
+        c->uffd = uffd_new(false);
         if (c->uffd < 0) {
                 q = c->uffd;
+                goto fail;
+        }
+        c->uffd_async = uffd_new(true);
+        if (c->uffd_async < 0) {
+                q = c->uffd_async;
+                goto fail;
+        }
+        c->statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+        if (c->statm_fd < 0) {
+                q = -errno;
                 goto fail;
         }
         for (size_t i = 0; i < c->n_regions; i++) {
@@ -1618,6 +1816,8 @@ fail:
                 unregister_all(c);
         c->sock = safe_close(c->sock);
         c->uffd = safe_close(c->uffd);
+        c->uffd_async = safe_close(c->uffd_async);
+        c->statm_fd = safe_close(c->statm_fd);
         c->pagemap_fd = safe_close(c->pagemap_fd);
         c->event_fd = safe_close(c->event_fd);
         c->seq = 0;
@@ -1668,6 +1868,8 @@ void dedup_client_free(dedup_client *c) {
         free(c->pools);
         safe_close(c->sock);
         safe_close(c->uffd);
+        safe_close(c->uffd_async);
+        safe_close(c->statm_fd);
         safe_close(c->pagemap_fd);
         safe_close(c->event_fd);
         free(c->pending);

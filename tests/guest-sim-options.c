@@ -83,8 +83,8 @@ static void help(void) {
                "  -h, --help                show this help\n"
                "\n"
                "Stats keys: name pid backend pages verified_passes mismatches writes\n"
-               "max_write_us fault_writes fault_write_p50_us fault_write_p99_us (writes to\n"
-               "write-protected pages that took %u us or more: they faulted, e.g. broke\n"
+               "max_write_us fault_writes fault_write_p50_us fault_write_p99_us (writes that\n"
+               "found their page write-protected and left it not: they faulted, e.g. broke\n"
                "copy-on-write of a merged page)\n"
                "hangs rss_kib rss_anon_kib memfd_kib (memfd: memory allocated to guest RAM,\n"
                "st_blocks) ksm_merging_pages ksm_zero_pages (anon-ksm)\n"
@@ -99,7 +99,7 @@ static void help(void) {
                "writers stop, one last full verify pass runs, final stats are printed.\n"
                "\n"
                "Exit status: 0 clean, 1 mismatch, 2 usage error, 3 hang, 4 setup failure.\n",
-               SIM_RUN_PAGES, SIM_STATS_FILE_DEFAULT_MSEC, SIM_FAULT_WRITE_USEC, SIM_MISMATCH_REPORTS);
+               SIM_RUN_PAGES, SIM_STATS_FILE_DEFAULT_MSEC, SIM_MISMATCH_REPORTS);
 }
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...) {

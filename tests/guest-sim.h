@@ -125,12 +125,10 @@ void sim_content_identify(const void *page, char *buf, size_t size);
 /* How many MISMATCH lines are printed; all are counted. */
 #define SIM_MISMATCH_REPORTS 8
 
-/* A write to a write-protected page (memfd backend) that takes this long
- * or longer faulted (a copy-on-write break through the agent takes tens of
- * us; a plain 4 KiB store about 1 us): such writes go into a latency
- * histogram of 1 us buckets up to SIM_FAULT_HIST_USEC. Slow writes to
- * unprotected pages were preempted, and are not counted. */
-#define SIM_FAULT_WRITE_USEC 5u
+/* A write that found its page write-protected by a userfaultfd (memfd
+ * backend) and left it unprotected faulted: a copy-on-write break of a
+ * merged page, or a write the daemon's merge held. Such writes go into a
+ * latency histogram of 1 us buckets up to SIM_FAULT_HIST_USEC. */
 #define SIM_FAULT_HIST_USEC 1024u
 
 /* Stats file refresh when --stats-file is given without --stats-interval-ms. */
