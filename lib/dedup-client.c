@@ -30,10 +30,9 @@
  *             async uffd (bit r->async): a write waits for nobody, the
  *             kernel copies the page into an anonymous one in the writing
  *             thread, and a sweep later copies that into the memfd and maps
- *             the memfd back (see sweep_region()). Pages kept at a
- *             reconnect, and pages being put back, are on the synchronous
- *             uffd instead: a write faults and we copy the page back into
- *             the memfd before the guest's write proceeds (rehome()).
+ *             the memfd back (see sweep_region()). While being put back
+ *             (freeze()) they are on the synchronous uffd instead: a write
+ *             faults and waits until rehome() has mapped the memfd back.
  *   detached  MAP_PRIVATE but *not* protected: a fallback when we could not
  *             map the memfd back (VMA limit, memory). The data is correct in
  *             the private mapping; the memfd copy is stale, so such pages are
@@ -124,7 +123,7 @@ typedef struct Region {
         uint64_t npages;
         DedupVmaFlags *vmf;             /* madvise flags by sub-range, from smaps at export */
         size_t n_vmf;
-        bool registered;                /* [hva, +size) registered on c->uffd */
+        bool registered;                /* [hva, +size) registered: merged pages on c->uffd_async, the rest on c->uffd */
         uint64_t *merged;               /* bit per page: see "Page states" */
         uint64_t *detached;             /* lazily allocated */
         uint64_t *zero;                 /* merged onto an anonymous zero overlay; lazily */
@@ -1287,6 +1286,7 @@ static int handshake(dedup_client *c) {
 static void unregister_all(dedup_client *c) {
         for (size_t i = 0; i < c->n_regions; i++)
                 if (c->regions[i]->registered) {
+                        (void) async_release(c, c->regions[i], 0, c->regions[i]->npages);
                         (void) uffd_unregister(c->uffd, c->regions[i]->hva, c->regions[i]->size);
                         c->regions[i]->registered = false;
                 }
@@ -1370,26 +1370,33 @@ static int reconnect_kind(const Region *r, uint64_t i, uint64_t pm, const PoolVm
 
 /* Register r again and put every page that lives only in a private mapping
  * (merged, or detached) back into the memfd, but for those it keeps:
- * protect each run, see what its pages are (a write since the fail-safe
- * made a page anonymous: a populated pool page shows as a file page), then
- * copy, punch or keep each part of it. */
+ * protect each run (on the async uffd, where kept pages stay), see what its
+ * pages are (a write since the fail-safe made a page anonymous: a populated
+ * pool page shows as a file page), then copy, punch or keep each part of
+ * it. Plain pages go on the synchronous uffd. */
 static int rehome_region(dedup_client *c, Region *r, const PoolVmas *pv) {
         uint8_t kind[DEDUP_PROTO_MAX_RUN];
-        int q = uffd_register(c->uffd, r->hva, r->size);
+        int q;
 
-        if (q < 0)
-                return q;
-        r->registered = true;
+        r->registered = true; /* for unregister_all() if this fails */
         for (uint64_t i = 0, n; i < r->npages; i += n) {
                 uint8_t *a = r->hva + i * PAGE;
+                bool private = page_private(r, i);
 
-                for (n = 0; i + n < r->npages && n < DEDUP_PROTO_MAX_RUN && page_private(r, i + n); n++)
+                for (n = 1; i + n < r->npages && page_private(r, i + n) == private &&
+                            (!private || n < DEDUP_PROTO_MAX_RUN); n++)
                         ;
-                if (n == 0) {
-                        n = 1;
+                if (!private) {
+                        q = uffd_register(c->uffd, a, n * PAGE);
+                        if (q < 0)
+                                return q;
                         continue;
                 }
-                q = uffd_protect(c->uffd, a, n * PAGE, true);
+                q = uffd_register(c->uffd_async, a, n * PAGE);
+                if (q >= 0) {
+                        r->n_async += bits_set(r->async, i, n);
+                        q = uffd_protect(c->uffd_async, a, n * PAGE, true);
+                }
                 if (q < 0)
                         return q;
                 if (pv->n == 0 || madvise(a, n * PAGE, MADV_POPULATE_READ) < 0 || pagemap_read(c, a, n) < 0)
@@ -1404,7 +1411,15 @@ static int rehome_region(dedup_client *c, Region *r, const PoolVmas *pv) {
                         /* rehome() accounts them as merged pages leaving. */
                         stats_merged(c, (int64_t) bits_set(r->merged, i + s, e - s));
                         bits_clear(r->detached, i + s, e - s);
-                        (void) rehome(c, r, i + s, e - s, kind[s] == REHOME_HOLE);
+                        /* Frozen, nobody writes them: a hole is punched
+                         * only if the run is still all zeros (the async
+                         * protection let writes through until now). */
+                        if (freeze(c, r, i + s, e - s) < 0)
+                                region_detach(c, r, i + s, e - s);
+                        else
+                                (void) rehome(c, r, i + s, e - s,
+                                              kind[s] == REHOME_HOLE &&
+                                                      mem_is_zero(a + s * PAGE, (e - s) * PAGE));
                 }
         }
         return 0;

@@ -769,6 +769,28 @@ START_TEST(test_stress) {
 }
 END_TEST
 
+/* A write from inside the agent, in window A of remap_entry() (between
+ * mmap and protect), or elsewhere. */
+typedef struct WindowWrite {
+        unsigned page;          /* page within the run to write */
+        int value;              /* byte to write at offset 10, or -1: write the page's own content back */
+        unsigned calls;
+        uint8_t *at;            /* if set: write value at[10] instead, outside the run */
+} WindowWrite;
+
+static void window_hook(void *addr, size_t len, void *userdata) {
+        WindowWrite *w = userdata;
+        volatile uint8_t *p = w->at ? w->at : (uint8_t *) addr + (size_t) w->page * PAGE;
+
+        w->calls++;
+        if (!w->at && w->page * PAGE >= len)
+                return;
+        if (w->value < 0)
+                p[10] = p[10]; /* COW with identical content */
+        else
+                p[10] = (uint8_t) w->value;
+}
+
 /* ---- (c) write after merge ---- */
 
 START_TEST(test_write_after_merge) {
@@ -1121,7 +1143,20 @@ START_TEST(test_reconnect) {
          * own pools (the old ones were forgotten). */
         ck_assert(vma_has_flag(e.g.hva, "uw"));
         fake_send_pool(&e.f, POOL_ID, e.pool.ro_fd, N * PAGE);
+        /* Kept pages are merged pages like any other: a write to one waits
+         * for no one, not even an agent stuck in a REMAP (see
+         * write-agent-busy). */
+        WindowWrite w = { .value = 0x20, .at = e.g.hva + 20 * PAGE };
+        dedup_client_set_window_hook(e.c, window_hook, &w);
         ck_assert_uint_eq(fake_merge(&e.f, &e.pool, 0, 8, 4, POOL_ID, 8), DEDUP_REMAP_DONE);
+        dedup_client_set_window_hook(e.c, NULL, NULL);
+        ck_assert_uint_eq(w.calls, 1);
+        ck_assert_int_eq(fake_wait(&e.f, DEDUP_MSG_UNMERGED, 2000), DEDUP_MSG_UNMERGED);
+        ck_assert_uint_eq(e.f.last_unmerged.offset, 20 * PAGE);
+        ck_assert_int_eq(pread(e.f.memfd[0], got, PAGE, 20 * PAGE), PAGE);
+        pattern(want, 20);
+        want[10] = 0x20;
+        ck_assert_int_eq(memcmp(got, want, PAGE), 0);
 
         /* Refused: no reconnect, however long we wait. */
         struct dedup_msg_error err = { .error = EPERM };
@@ -1521,26 +1556,6 @@ START_TEST(test_export_after_start_and_bye) {
 END_TEST
 
 /* ---- window A: a write between mmap and protect ---- */
-
-typedef struct WindowWrite {
-        unsigned page;          /* page within the run to write */
-        int value;              /* byte to write at offset 10, or -1: write the page's own content back */
-        unsigned calls;
-        uint8_t *at;            /* if set: write value at[10] instead, outside the run */
-} WindowWrite;
-
-static void window_hook(void *addr, size_t len, void *userdata) {
-        WindowWrite *w = userdata;
-        volatile uint8_t *p = w->at ? w->at : (uint8_t *) addr + (size_t) w->page * PAGE;
-
-        w->calls++;
-        if (!w->at && w->page * PAGE >= len)
-                return;
-        if (w->value < 0)
-                p[10] = p[10]; /* COW with identical content */
-        else
-                p[10] = (uint8_t) w->value;
-}
 
 START_TEST(test_window_write) {
         Env e;
