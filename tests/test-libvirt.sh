@@ -245,7 +245,10 @@ echo "merging: lv-g3 $(stat "$T/status" vm.lv-g3.merging_pages) pages, lv-plain"
 rm "$DOMAINS/$UUID_lv_g3.conf"
 restart_libvirtd
 [ "$(virsh -c qemu:///system domstate lv-g3)" = running ] || lfail "lv-g3 not running after libvirtd restarted"
-grep -qs "^Group=3$" "$DOMAINS/$UUID_lv_g3.conf" || lfail "reconnect did not write $DOMAINS/$UUID_lv_g3.conf again"
+# libvirtd reconnects to running domains in a thread of their own, which may
+# still run after virsh answers.
+wait_for 30 "grep -qs '^Group=3$' '$DOMAINS/$UUID_lv_g3.conf'" ||
+        lfail "reconnect did not write $DOMAINS/$UUID_lv_g3.conf again"
 [ -e "$DOMAINS/$UUID_lv_plain.conf" ] && fail "reconnect wrote a domain file for lv-plain"
 echo "libvirtd restarted: reconnect wrote the domain file of lv-g3 again"
 
