@@ -124,6 +124,7 @@ typedef struct ScanUnit {
         ScanSeg *seg;                   /* scan threads only read it */
         uint64_t first;                 /* page in the region */
         uint32_t npages;
+        bool data;                      /* every page held data when last read */
         uint32_t n;                     /* data pages delivered: hashes[0..n) */
         ScanHash *hashes;
 } ScanUnit;
@@ -157,8 +158,9 @@ static int read_unit(void *userdata, Scanner *s, size_t unit) {
         ScanUnit *u = &j->units[unit];
 
         u->n = 0;
-        return scanner_read(s, u->seg->fd, u->seg->memfd_offset + u->first * DEDUP_PAGE_SIZE, u->npages, hash_page,
-                            u);
+        return (u->data ? scanner_read_data : scanner_read)(s, u->seg->fd,
+                                                            u->seg->memfd_offset + u->first * DEDUP_PAGE_SIZE,
+                                                            u->npages, hash_page, u);
 }
 
 static void ahead(Manager *m, const ScanSeg *seg, ScanHash *h, bool across) {
@@ -413,19 +415,22 @@ static bool cursor_region(Manager *m, Vm **ret_vm, VmRegion **ret_reg, bool *ret
  *   memory as before, and full scans do not come faster just because
  *   much is merged.
  * - Smart scan's skip, except while settling (which looks at every page: a
- *   skipped one could have changed), costs nothing. */
-static bool skip(Manager *m, const VmRegion *reg, uint64_t index, unsigned *passed) {
+ *   skipped one could have changed), costs nothing.
+ * *fresh is set when a page to read was never read as data: a unit without
+ * one is read without asking where its holes are (scanner_read_data()). */
+static bool skip(Manager *m, const VmRegion *reg, uint64_t index, unsigned *passed, bool *fresh) {
         dedup_page_t page = reg->first + (dedup_page_t) index;
+        enum dedup_page_state state = dedup_engine_page_state(m->engine, page);
 
-        switch (dedup_engine_page_state(m->engine, page)) {
-        case DEDUP_PAGE_NEW:
-        case DEDUP_PAGE_VOLATILE:
-        case DEDUP_PAGE_UNSTABLE:
-                return m->scan_phase != SCAN_SETTLING && dedup_engine_should_skip(m->engine, page);
-        default:
+        if (state != DEDUP_PAGE_NEW && state != DEDUP_PAGE_VOLATILE && state != DEDUP_PAGE_UNSTABLE) {
                 (*passed)++;
                 return true;
         }
+        if (m->scan_phase != SCAN_SETTLING && dedup_engine_should_skip(m->engine, page))
+                return true;
+        /* Never read as data (or a hole): scanner_read() asks where holes are. */
+        *fresh = *fresh || state == DEDUP_PAGE_NEW;
+        return false;
 }
 
 /* Plan a round: units of pages to read from the cursor on, within *budget
@@ -445,10 +450,11 @@ static void plan(Manager *m, ScanJob *j, unsigned *budget, bool *ret_wrapped) {
                 while (*budget > 0 && j->n_units < ROUND_UNITS && m->cursor_page < reg->npages) {
                         uint32_t max, n = 1;
                         unsigned passed = 0;
+                        bool fresh = false;
 
                         /* Each page is asked once: asking ages it. */
                         while (m->cursor_page < reg->npages && passed < *budget &&
-                               skip(m, reg, m->cursor_page, &passed))
+                               skip(m, reg, m->cursor_page, &passed, &fresh))
                                 m->cursor_page++;
                         *budget -= passed;
                         if (m->cursor_page == reg->npages || *budget == 0)
@@ -456,10 +462,10 @@ static void plan(Manager *m, ScanJob *j, unsigned *budget, bool *ret_wrapped) {
                         /* The unit starts at the page just found to read. */
                         max = (uint32_t) MIN(MIN(*budget, UNIT_PAGES), reg->npages - m->cursor_page);
                         passed = 0;
-                        while (n < max && !skip(m, reg, m->cursor_page + n, &passed))
+                        while (n < max && !skip(m, reg, m->cursor_page + n, &passed, &fresh))
                                 n++;
                         j->units[j->n_units] = (ScanUnit) {
-                                .engine = m->engine, .seg = seg, .first = m->cursor_page, .npages = n,
+                                .engine = m->engine, .seg = seg, .first = m->cursor_page, .npages = n, .data = !fresh,
                                 .hashes = &j->hashes[(size_t) j->n_units * UNIT_PAGES],
                         };
                         j->n_units++;

@@ -29,6 +29,9 @@
  *   and not delivered if it is not in the page cache. So a short range of
  *   mostly holes costs more than asking would; the daemon's have few: its
  *   units leave out the pages it punched, and zero pages get merged.
+ *   scanner_read_data() reads any range so, for a caller that found data
+ *   in every page of it last time: cachestat() is not cheap either, it
+ *   visits every page (measured: 10% of a scan of unique memory).
  *
  * - One submit per batch: a batch's extents are queued as one SQE each and
  *   submitted together; with queue_depth batches in flight, the submit of
@@ -537,10 +540,11 @@ static int deliver(Scanner *s, const Probe *pr, Batch *b, scanner_page_fn cb, vo
         return 0;
 }
 
-int scanner_read(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_page_fn cb, void *userdata) {
+static int read_range(Scanner *s, int fd, uint64_t offset, uint32_t npages, bool data, scanner_page_fn cb,
+                      void *userdata) {
         uint64_t pos = offset, end = offset + (uint64_t) npages * PS;
         /* Without cachestat(), a zero page could not be told from a hole. */
-        Probe pr = { .fd = fd, .end = end, .unprobed = npages <= UNPROBED_PAGES && !s->no_cachestat };
+        Probe pr = { .fd = fd, .end = end, .unprobed = (data || npages <= UNPROBED_PAGES) && !s->no_cachestat };
         unsigned head = 0, inflight = 0;
         bool more = pos < end, stop = false;
         int r = 0;
@@ -597,6 +601,14 @@ int scanner_read(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_p
                 inflight--;
         }
         return r;
+}
+
+int scanner_read(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_page_fn cb, void *userdata) {
+        return read_range(s, fd, offset, npages, false, cb, userdata);
+}
+
+int scanner_read_data(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_page_fn cb, void *userdata) {
+        return read_range(s, fd, offset, npages, true, cb, userdata);
 }
 
 /* ScannerTeam */

@@ -67,6 +67,12 @@ static inline void scanner_freep(Scanner **s) {
  * the read's -errno (pages before it were delivered). */
 int scanner_read(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_page_fn cb, void *userdata);
 
+/* The same, for a range the caller expects to be all data (every page was,
+ * the last time it looked): read whole, without asking first where the
+ * holes are. A page that reads as zeros is still asked about alone, and not
+ * delivered if it is a hole. */
+int scanner_read_data(Scanner *s, int fd, uint64_t offset, uint32_t npages, scanner_page_fn cb, void *userdata);
+
 /* Cumulative since scanner_new() or scanner_reset_stats(). */
 void scanner_get_stats(const Scanner *s, ScannerStats *ret);
 void scanner_reset_stats(Scanner *s);

@@ -329,6 +329,20 @@ START_TEST(test_short_range) {
         ck_assert_uint_eq(n, 29);
         ck_assert_uint_eq(st.pages_hole, 4);
         ck_assert_uint_eq(st.bytes_read, 29 * PS);
+
+        /* The same 33 pages as data the caller expects: read whole like a
+         * short range, whatever the length. */
+        scanner_reset_stats(sc);
+        n = 0;
+        ck_assert_int_eq(scanner_read_data(sc, fd, 0, 33, count_only, &n), 0);
+        ck_assert_int_eq(fstat(fd, &after), 0);
+        scanner_get_stats(sc, &st);
+        ck_assert_uint_eq(n, 29);
+        ck_assert_uint_eq(st.pages_hole, 4);
+        ck_assert_uint_eq(st.cachestats, 6);            /* one per page of zeros */
+        ck_assert_uint_eq(st.seeks, 0);
+        ck_assert_uint_eq(st.reads, 1);
+        ck_assert_int_eq(after.st_blocks, before.st_blocks);
 }
 END_TEST
 
