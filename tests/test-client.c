@@ -530,6 +530,23 @@ static dedup_client_stats stats(Env *e) {
         return s;
 }
 
+/* A write of value at byte at of merged page p came back: reported
+ * UNMERGED, the same in the guest's mapping and in the memfd, which is
+ * mapped there again. */
+static void expect_rehomed(Env *e, unsigned p, unsigned at, uint8_t value) {
+        uint8_t want[PAGE], got[PAGE];
+
+        ck_assert_int_eq(fake_wait(&e->f, DEDUP_MSG_UNMERGED, 2000), DEDUP_MSG_UNMERGED);
+        ck_assert_uint_eq(e->f.last_unmerged.offset, (uint64_t) p * PAGE);
+        ck_assert_uint_eq(e->f.last_unmerged.npages, 1);
+        pattern(want, p);
+        want[at] = value;
+        ck_assert_int_eq(memcmp(e->g.hva + (size_t) p * PAGE, want, PAGE), 0);
+        ck_assert_int_eq(pread(e->g.memfd, got, PAGE, (off_t) p * PAGE), PAGE);
+        ck_assert_int_eq(memcmp(got, want, PAGE), 0);
+        ck_assert(vma_has_flag(e->g.hva + (size_t) p * PAGE, "sh"));
+}
+
 /* ---- (a) merge onto a read-only pool ---- */
 
 START_TEST(test_merge) {
@@ -795,7 +812,7 @@ static void window_hook(void *addr, size_t len, void *userdata) {
 
 START_TEST(test_write_after_merge) {
         Env e;
-        uint8_t want[PAGE], got[PAGE];
+        uint8_t want[PAGE];
 
         env_start(&e, 16, 16, MADV_DONTDUMP);
         for (unsigned p = 0; p < 4; p++)
@@ -805,17 +822,8 @@ START_TEST(test_write_after_merge) {
         ck_assert(vma_has_flag(e.g.hva, "dd"));
 
         e.g.hva[1 * PAGE + 100] = 0xab; /* the kernel copies it; a sweep re-homes it */
-        ck_assert_int_eq(fake_wait(&e.f, DEDUP_MSG_UNMERGED, 2000), DEDUP_MSG_UNMERGED);
-        ck_assert_uint_eq(e.f.last_unmerged.offset, 1 * PAGE);
-        ck_assert_uint_eq(e.f.last_unmerged.npages, 1);
-
-        pattern(want, 1);
-        want[100] = 0xab;
-        ck_assert_int_eq(memcmp(e.g.hva + PAGE, want, PAGE), 0);
-        ck_assert_int_eq(pread(e.g.memfd, got, PAGE, PAGE), PAGE);
-        ck_assert_int_eq(memcmp(got, want, PAGE), 0);
-        /* Back on the memfd, shared, registered, flags kept. */
-        ck_assert(vma_has_flag(e.g.hva + PAGE, "sh"));
+        expect_rehomed(&e, 1, 100, 0xab);
+        /* Back on the memfd, registered, flags kept. */
         ck_assert(vma_has_flag(e.g.hva + PAGE, "uw"));
         ck_assert(vma_has_flag(e.g.hva + PAGE, "dd"));
         ck_assert(vma_has_flag(e.g.hva + 2 * PAGE, "dd"));
@@ -1151,12 +1159,7 @@ START_TEST(test_reconnect) {
         ck_assert_uint_eq(fake_merge(&e.f, &e.pool, 0, 8, 4, POOL_ID, 8), DEDUP_REMAP_DONE);
         dedup_client_set_window_hook(e.c, NULL, NULL);
         ck_assert_uint_eq(w.calls, 1);
-        ck_assert_int_eq(fake_wait(&e.f, DEDUP_MSG_UNMERGED, 2000), DEDUP_MSG_UNMERGED);
-        ck_assert_uint_eq(e.f.last_unmerged.offset, 20 * PAGE);
-        ck_assert_int_eq(pread(e.f.memfd[0], got, PAGE, 20 * PAGE), PAGE);
-        pattern(want, 20);
-        want[10] = 0x20;
-        ck_assert_int_eq(memcmp(got, want, PAGE), 0);
+        expect_rehomed(&e, 20, 10, 0x20);
 
         /* Refused: no reconnect, however long we wait. */
         struct dedup_msg_error err = { .error = EPERM };
@@ -1615,7 +1618,6 @@ END_TEST
 START_TEST(test_write_agent_busy) {
         Env e;
         WindowWrite w = { .value = 0xcd };
-        uint8_t want[PAGE], got[PAGE];
 
         env_start(&e, 16, 16, -1);
         for (unsigned p = 0; p < 16; p++)
@@ -1629,15 +1631,7 @@ START_TEST(test_write_agent_busy) {
         dedup_client_set_window_hook(e.c, NULL, NULL);
         ck_assert_uint_eq(w.calls, 1);
 
-        ck_assert_int_eq(fake_wait(&e.f, DEDUP_MSG_UNMERGED, 2000), DEDUP_MSG_UNMERGED);
-        ck_assert_uint_eq(e.f.last_unmerged.offset, 1 * PAGE);
-        ck_assert_uint_eq(e.f.last_unmerged.npages, 1);
-        pattern(want, 1);
-        want[10] = 0xcd;
-        ck_assert_int_eq(memcmp(e.g.hva + PAGE, want, PAGE), 0);
-        ck_assert_int_eq(pread(e.g.memfd, got, PAGE, PAGE), PAGE);
-        ck_assert_int_eq(memcmp(got, want, PAGE), 0);
-        ck_assert(vma_has_flag(e.g.hva + PAGE, "sh"));
+        expect_rehomed(&e, 1, 10, 0xcd);
         ck_assert_uint_eq(stats(&e).cow_breaks, 1);
         ck_assert_uint_eq(stats(&e).merged_pages, 7);
         env_stop(&e);
