@@ -732,7 +732,10 @@ static void cow_break(dedup_client *c, Region *r, uint64_t first, uint64_t n) {
  * thousands, so one is made only when the process's anonymous memory
  * changed (every such write adds a page: /proc/self/statm, a read every
  * SWEEP_TICK_MS), and at least every SWEEP_MAX_MS in case another change
- * hid it; never more than 1/SWEEP_COST_SHARE of the time. */
+ * hid it; never more than 1/SWEEP_COST_SHARE of the time. (A kernel whose
+ * statm reads the per-CPU RSS counters without summing them shows a lone
+ * write late, up to SWEEP_MAX_MS here; 6.18 shows each one at once,
+ * measured. Only the memfd and the daemon's count wait.) */
 #define SWEEP_TICK_MS 10
 #define SWEEP_MAX_MS 10000
 #define SWEEP_COST_SHARE 50
