@@ -926,17 +926,19 @@ static bool run_written(dedup_client *c, const uint8_t *a, uint64_t n, const Poo
  *    the run after the daemon protected it was answered by handle_fault()
  *    (which unprotects), and the caller drained the uffd just before: so a
  *    missing bit means "written", ABORTED, nothing changed.
- * 2. mmap(MAP_PRIVATE|MAP_FIXED) + register + protect. Between mmap and
- *    protect the new VMA is not ours: a guest write there silently
- *    copies-on-write into an anonymous page (window A). A write fault queued
- *    against the old mapping during all this is answered later by
- *    handle_fault(): the page is merged by then, the COW break copies the
- *    (identical) pool content back and the write proceeds.
+ * 2. mmap(MAP_PRIVATE|MAP_FIXED) + register + protect, on the async uffd.
+ *    Between mmap and protect the new VMA is not ours: a guest write there
+ *    silently copies-on-write into an anonymous page (window A), which the
+ *    protection then hides from sweeps. A write fault queued against the
+ *    old mapping during all this is answered later by handle_fault(): the
+ *    page is merged by then, the COW break copies the (identical) pool
+ *    content back and the write proceeds. A write after the protection is
+ *    a sweep's business.
  * 3. Window check (run_written()): an anonymous page in the run was
  *    written in window A, or is a zero page, or (kernels without a shared
  *    zero page) a zeroed page allocated by a read. It is fine iff it holds
- *    the canonical content; otherwise copy the whole run (protected: nobody
- *    writes it now) back into the memfd, map the memfd back, ABORTED.
+ *    the canonical content; otherwise freeze the run (so nobody writes it
+ *    now), copy it back into the memfd, map the memfd back, ABORTED.
  * 4. Punch the memfd run (see "Who punches" in dedup-proto.h), DONE.
  */
 static uint32_t remap_entry(dedup_client *c, Region *r, PoolFd *pool, const struct dedup_remap_entry *e) {
