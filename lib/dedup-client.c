@@ -700,18 +700,20 @@ static int rehome(dedup_client *c, Region *r, uint64_t first, uint64_t n, bool z
         return 0;
 }
 
-/* Put the merged pages [first, +n) back into the memfd. */
-static void unmerge_run(dedup_client *c, Region *r, uint64_t first, uint64_t n) {
+/* Put the private pages [first, +n) back into the memfd: freeze them, then
+ * copy them, or punch them if hole and they are all zeros once frozen
+ * (before, the async protection let writes through). */
+static void unmerge_run(dedup_client *c, Region *r, uint64_t first, uint64_t n, bool hole) {
         if (freeze(c, r, first, n) < 0)
                 region_detach(c, r, first, n);
         else
-                (void) rehome(c, r, first, n, false);
+                (void) rehome(c, r, first, n, hole && mem_is_zero(r->hva + first * PAGE, n * PAGE));
 }
 
 /* The guest wrote the merged pages [first, +n) (or is waiting to): they
  * are its own again. */
 static void cow_break(dedup_client *c, Region *r, uint64_t first, uint64_t n) {
-        unmerge_run(c, r, first, n);
+        unmerge_run(c, r, first, n, false);
         c->stats.cow_breaks += n;
         (void) pending_add(c, DEDUP_MSG_UNMERGED, r, first, n);
 }
@@ -987,14 +989,8 @@ static uint32_t remap_entry(dedup_client *c, Region *r, PoolFd *pool, const stru
         r->n_async += bits_set(r->async, first, n);
 
         if (run_written(c, a, n, pool, e->pool_offset)) {
-                q = freeze(c, r, first, n);
-                if (q >= 0)
-                        q = pwrite_full(r->memfd, a, len, r->memfd_offset + e->offset);
-                if (q >= 0)
-                        q = region_map_shared(c, r, first, n);
-                if (q < 0)
-                        region_detach(c, r, first, n);
                 /* Writers queued on the run are answered by handle_fault(). */
+                unmerge_run(c, r, first, n, false);
                 return DEDUP_REMAP_ABORTED;
         }
 
@@ -1108,7 +1104,7 @@ static int handle_unmerge(dedup_client *c, const struct dedup_msg_ranges *m) {
                 for (uint64_t s = first, e; s < end; s = e) {
                         e = bits_run_end(r->merged, s, end);
                         if (bit_test(r->merged, s))
-                                unmerge_run(c, r, s, e - s);
+                                unmerge_run(c, r, s, e - s, false);
                 }
         }
 
@@ -1416,15 +1412,7 @@ static int rehome_region(dedup_client *c, Region *r, const PoolVmas *pv) {
                         /* rehome() accounts them as merged pages leaving. */
                         stats_merged(c, (int64_t) bits_set(r->merged, i + s, e - s));
                         bits_clear(r->detached, i + s, e - s);
-                        /* Frozen, nobody writes them: a hole is punched
-                         * only if the run is still all zeros (the async
-                         * protection let writes through until now). */
-                        if (freeze(c, r, i + s, e - s) < 0)
-                                region_detach(c, r, i + s, e - s);
-                        else
-                                (void) rehome(c, r, i + s, e - s,
-                                              kind[s] == REHOME_HOLE &&
-                                                      mem_is_zero(a + s * PAGE, (e - s) * PAGE));
+                        unmerge_run(c, r, i + s, e - s, kind[s] == REHOME_HOLE);
                 }
         }
         return 0;
