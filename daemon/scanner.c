@@ -134,7 +134,7 @@ typedef struct Probe {
         uint64_t hole_end;      /* [pos, hole_end) is a hole */
         bool eof;               /* no data from hole_end on */
         bool holes;             /* the range has holes: check batch by batch */
-        bool unprobed;          /* a short range read unasked: check zero pages */
+        bool unprobed;          /* read unasked (short, or all data last time): check zero pages */
 } Probe;
 
 int scanner_new_full(const ScannerConfig *config, Scanner **ret) {
