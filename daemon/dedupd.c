@@ -29,14 +29,30 @@ static void help(const Manager *defaults) {
                "     --bus=system|session|ADDRESS|none         D-Bus to serve org.dedupd1 on (default system)\n"
                "     --bus-introspect=PATH                     write the D-Bus interface XML to PATH and exit\n"
                "     --numa-topology=FILE                      injected NUMA topology (tests)\n"
-               "     --status-file=PATH                        write counters there every 500 ms\n\n"
+               "     --status-file=PATH                        write counters there every 500 ms\n"
+               "     --status-interval-ms=MS                   ... every MS ms instead (10-60000)\n\n"
                "Tunables (also D-Bus properties of org.dedupd1.Manager, see org.dedupd1(5)):\n",
                DEDUPD_CONFIG_FILE, DEDUP_DEFAULT_SOCKET);
         tunables_print_help(defaults);
 }
 
+static int parse_status_interval(const char *s, uint32_t *ret) {
+        char *end;
+        unsigned long v;
+
+        errno = 0;
+        v = strtoul(s, &end, 10);
+        if (errno || end == s || *end || v < 10 || v > 60000) {
+                fprintf(stderr, "dedupd: --status-interval-ms: '%s' is not a number of milliseconds from 10 to 60000\n", s);
+                return -EINVAL;
+        }
+        *ret = (uint32_t) v;
+        return 0;
+}
+
 enum {
         ARG_VERSION = 0x100, ARG_CONFIG, ARG_CHECK_CONFIG, ARG_SOCKET, ARG_ALLOW_GROUP, ARG_BUS, ARG_BUS_INTROSPECT, ARG_TOPOLOGY, ARG_STATUS,
+        ARG_STATUS_INTERVAL,
         ARG_TUNABLE,    /* + index in tunables[] */
 };
 
@@ -52,6 +68,7 @@ static int parse_argv(Manager *m, int argc, char **argv, const char **ret_socket
                 { "bus-introspect", required_argument, NULL, ARG_BUS_INTROSPECT },
                 { "numa-topology", required_argument, NULL, ARG_TOPOLOGY },
                 { "status-file", required_argument, NULL, ARG_STATUS },
+                { "status-interval-ms", required_argument, NULL, ARG_STATUS_INTERVAL },
         };
         struct option options[ELEMENTSOF(fixed) + 32] = {};
         char err[256];
@@ -106,6 +123,9 @@ static int parse_argv(Manager *m, int argc, char **argv, const char **ret_socket
                         m->status_file = strdup(optarg);
                         if (!m->status_file)
                                 return -ENOMEM;
+                        break;
+                case ARG_STATUS_INTERVAL:
+                        r = parse_status_interval(optarg, &m->status_interval_ms);
                         break;
                 default:
                         if (c < ARG_TUNABLE || c >= ARG_TUNABLE + (int) n_tunables)

@@ -37,6 +37,7 @@ int manager_new(Manager **ret) {
         m->advisor_target_sec = 200;
         m->advisor_max_cpu = 70;
         m->scan_threads = manager_default_scan_threads();
+        m->status_interval_ms = 500;
         r = sd_event_default(&m->event);
         if (r >= 0)
                 r = dedup_engine_new(&manager_engine_ops, m, &m->engine);
@@ -324,7 +325,7 @@ static int status_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
 
         manager_write_status(m);
-        (void) sd_event_source_set_time_relative(s, 500 * 1000);
+        (void) sd_event_source_set_time_relative(s, (uint64_t) m->status_interval_ms * 1000);
         return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
 }
 
@@ -352,7 +353,9 @@ int manager_start(Manager *m) {
         if (r < 0)
                 return r;
         if (m->status_file) {
-                r = sd_event_add_time_relative(m->event, &m->status_timer, CLOCK_MONOTONIC, 0, 0, status_tick, m);
+                /* Accuracy 0 would be sd-event's default, 250 ms. */
+                r = sd_event_add_time_relative(m->event, &m->status_timer, CLOCK_MONOTONIC, 0,
+                                               (uint64_t) m->status_interval_ms * 100, status_tick, m);
                 if (r < 0)
                         return r;
         }
@@ -384,7 +387,7 @@ void manager_write_status(Manager *m) {
                 "zero_pages=%llu\nmerge_aborts=%llu\nunmerges=%llu\npages_pending=%llu\nmetadata_bytes=%llu\n"
                 "saved_bytes=%llu\npunched_pages=%llu\npools=%u\nholds=%zu\nmemory_limited=%d\n"
                 "pools_claiming=%u\nkept_pages=%llu\nsampled_merges=%llu\nsampled_undone=%llu\n"
-                "sampled_undone_in_scan=%llu\n",
+                "sampled_undone_in_scan=%llu\ncpu_us=%llu\n",
                 m->run, nvms, (unsigned long long) st.pages_shared, (unsigned long long) st.pages_sharing,
                 (unsigned long long) st.pages_unshared, (unsigned long long) st.pages_volatile,
                 (unsigned long long) st.pages_scanned, (unsigned long long) st.full_scans,
@@ -395,7 +398,8 @@ void manager_write_status(Manager *m) {
                 (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE),
                 (unsigned long long) m->punched_pages, m->n_pools, m->n_holds, m->memory_limited,
                 m->n_claiming, (unsigned long long) m->kept_pages, (unsigned long long) m->undone.merges,
-                (unsigned long long) m->undone.undone, (unsigned long long) m->undone.undone_in_scan);
+                (unsigned long long) m->undone.undone, (unsigned long long) m->undone.undone_in_scan,
+                (unsigned long long) now_usec(CLOCK_PROCESS_CPUTIME_ID));
         manager_scan_write_status(m, f);
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];

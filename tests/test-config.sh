@@ -41,6 +41,8 @@ rc=0
 "$DEDUPD" --bus=none --config="$T/bad.conf" --socket="$T/bad.sock" >"$T/bad.log" 2>&1 || rc=$?
 [ $rc = 1 ] && [ ! -e "$T/bad.sock" ] || fail "dedupd started (exit $rc) with a bad config"
 "$DEDUPD" --bus=none --config="$T/missing.conf" >/dev/null 2>&1 && fail "dedupd started without its --config file"
+"$DEDUPD" --bus=none --status-interval-ms=5 >/dev/null 2>"$T/interval.err" && fail "dedupd started with --status-interval-ms=5"
+grep -q "status-interval-ms: '5' is not" "$T/interval.err" || fail "no error for --status-interval-ms=5: $(cat "$T/interval.err")"
 
 # Values apply, options override; merge groups by name, and by a domain
 # file (as the libvirt hook writes) that wins over dedupd.conf's rules.
@@ -58,8 +60,12 @@ DomainDirectory=$T/domains
 Group=1
 Name=iso*
 CONF
-start_dedupd --config="$T/dedupd.conf" --sleep-millisecs=5
+start_dedupd --config="$T/dedupd.conf" --sleep-millisecs=5 --status-interval-ms=20
 grep -q "pages_to_scan=4096 sleep_millisecs=5 " "$T/dedupd.log" || fail "config or override not applied: $(grep listening "$T/dedupd.log")"
+# Each write renames a new file over the old: count the inodes seen.
+n=$(for i in $(seq 50); do ls -i "$T/status"; sleep 0.01; done | sort -u | wc -l)
+[ "$n" -ge 10 ] || fail "the status file was written $n times in 50 polls with --status-interval-ms=20"
+[ "$(stat "$T/status" cpu_us)" -gt 0 ] || fail "no cpu_us in the status file"
 start_sim isod --uuid=$UUID_ISOD --size=32 --image-seed=9 --seed=5 --writers=1
 for g in iso b c; do
         start_sim $g --size=32 --image-seed=9 --seed=$(printf %d "'$g") --writers=1

@@ -106,6 +106,26 @@ scanned_pages() {
         if [ "$1" = dedupd ]; then stat "$T/status" pages_scanned; else cat "$KSM/pages_scanned"; fi
 }
 
+# scan_sample ENGINE: "CPU_SECONDS PAGES_SCANNED" of the engine itself (not
+# the agents), at one instant: for dedupd both from its status file.
+scan_sample() {
+        if [ "$1" = dedupd ]; then
+                awk -F= '$1 == "cpu_us" { c = $2 / 1e6 } $1 == "pages_scanned" { p = $2 } END { print c, p }' "$T/status"
+        else
+                echo "$(ticks_s "$(pgrep -x ksmd)") $(cat "$KSM/pages_scanned")"
+        fi
+}
+
+# until_scans ENGINE N: poll every 10 ms (wait_for's 100 ms would blur a
+# window of a second) until the engine's full_scans counter reaches N
+until_scans() {
+        end=$(( $(date +%s) + 600 ))
+        while [ "$(full_scans "$1")" -lt "$2" ]; do
+                [ "$(date +%s)" -lt "$end" ] || fail "fewer than $2 full scans after 600 s"
+                sleep 0.01
+        done
+}
+
 # cow_ksm: copy-on-write faults on KSM pages, host-wide
 cow_ksm() { awk '$1 == "cow_ksm" { print $2; f = 1 } END { if (!f) print 0 }' /proc/vmstat; }
 
@@ -128,7 +148,7 @@ start_engine() {
         engine=$1; shift
         if [ "$engine" = dedupd ]; then
                 [ -n "${BUS_ADDRESS:-}" ] || start_private_bus
-                DEDUPD_BUS=$BUS_ADDRESS start_dedupd --run=0 "$@"
+                DEDUPD_BUS=$BUS_ADDRESS start_dedupd --run=0 --status-interval-ms=50 "$@"
         else
                 ksm_save
                 echo 2 >"$KSM/run"
