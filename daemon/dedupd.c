@@ -29,7 +29,7 @@ static void help(const Manager *defaults) {
                "     --bus=system|session|ADDRESS|none         D-Bus to serve org.dedupd1 on (default system)\n"
                "     --bus-introspect=PATH                     write the D-Bus interface XML to PATH and exit\n"
                "     --numa-topology=FILE                      injected NUMA topology (tests)\n"
-               "     --status-file=PATH                        write counters there every 500 ms\n"
+               "     --status-file=PATH                        write counters there (every 500 ms if changed)\n"
                "     --status-interval-ms=MS                   ... every MS ms instead (10-60000)\n\n"
                "Tunables (also D-Bus properties of org.dedupd1.Manager, see org.dedupd1(5)):\n",
                DEDUPD_CONFIG_FILE, DEDUP_DEFAULT_SOCKET);

@@ -91,6 +91,7 @@ Manager *manager_free(Manager *m) {
         sd_event_unref(m->event);
         free(m->socket_path);
         free(m->status_file);
+        free(m->status_text);
         free(m->bus_spec);
         config_free(m->config);
         free(m);
@@ -325,7 +326,10 @@ static int status_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
 
         manager_write_status(m);
-        (void) sd_event_source_set_time_relative(s, (uint64_t) m->status_interval_ms * 1000);
+        /* Idle, dedupd wakes for it no more than twice a second. */
+        (void) sd_event_source_set_time_relative(s, (uint64_t) (m->scan_phase == SCAN_IDLE ?
+                                                                  MAX(m->status_interval_ms, 500u) :
+                                                                  m->status_interval_ms) * 1000);
         return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
 }
 
@@ -363,11 +367,16 @@ int manager_start(Manager *m) {
 }
 
 /* The status file: counters as key=value lines, rewritten atomically, for
- * tests and scripts until they use D-Bus. */
+ * tests and scripts until they use D-Bus; only when they changed (or the
+ * file is gone), so that an idle dedupd writes nothing however short the
+ * interval. cpu_us, last, is dedupd's CPU time when they took these
+ * values. */
 void manager_write_status(Manager *m) {
+        _cleanup_free_ char *text = NULL;
         DedupEngineStats st;
         char tmp[4096];
         unsigned nvms = 0;
+        size_t len = 0;
         FILE *f;
 
         dedup_engine_stats(m->engine, &st);
@@ -377,8 +386,7 @@ void manager_write_status(Manager *m) {
                           (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE >> 20));
         if (!m->status_file)
                 return;
-        snprintf(tmp, sizeof(tmp), "%s.tmp", m->status_file);
-        f = fopen(tmp, "we");
+        f = open_memstream(&text, &len);
         if (!f)
                 return;
         fprintf(f,
@@ -387,7 +395,7 @@ void manager_write_status(Manager *m) {
                 "zero_pages=%llu\nmerge_aborts=%llu\nunmerges=%llu\npages_pending=%llu\nmetadata_bytes=%llu\n"
                 "saved_bytes=%llu\npunched_pages=%llu\npools=%u\nholds=%zu\nmemory_limited=%d\n"
                 "pools_claiming=%u\nkept_pages=%llu\nsampled_merges=%llu\nsampled_undone=%llu\n"
-                "sampled_undone_in_scan=%llu\ncpu_us=%llu\n",
+                "sampled_undone_in_scan=%llu\n",
                 m->run, nvms, (unsigned long long) st.pages_shared, (unsigned long long) st.pages_sharing,
                 (unsigned long long) st.pages_unshared, (unsigned long long) st.pages_volatile,
                 (unsigned long long) st.pages_scanned, (unsigned long long) st.full_scans,
@@ -398,8 +406,7 @@ void manager_write_status(Manager *m) {
                 (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE),
                 (unsigned long long) m->punched_pages, m->n_pools, m->n_holds, m->memory_limited,
                 m->n_claiming, (unsigned long long) m->kept_pages, (unsigned long long) m->undone.merges,
-                (unsigned long long) m->undone.undone, (unsigned long long) m->undone.undone_in_scan,
-                (unsigned long long) now_usec(CLOCK_PROCESS_CPUTIME_ID));
+                (unsigned long long) m->undone.undone, (unsigned long long) m->undone.undone_in_scan);
         manager_scan_write_status(m, f);
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];
@@ -418,6 +425,18 @@ void manager_write_status(Manager *m) {
                                 fprintf(f, "vm.%s.region.%u.reason=%s\n", vm->name, vm->regions[j].id,
                                         vm->regions[j].reason);
         }
-        if (fclose(f) == 0)
-                (void) rename(tmp, m->status_file);
+        if (fclose(f) != 0 || !text)
+                return;
+        if (m->status_text && strcmp(text, m->status_text) == 0 && access(m->status_file, F_OK) == 0)
+                return;
+
+        snprintf(tmp, sizeof(tmp), "%s.tmp", m->status_file);
+        f = fopen(tmp, "we");
+        if (!f)
+                return;
+        fprintf(f, "%scpu_us=%llu\n", text, (unsigned long long) now_usec(CLOCK_PROCESS_CPUTIME_ID));
+        if (fclose(f) == 0 && rename(tmp, m->status_file) == 0) {
+                free(m->status_text);
+                m->status_text = TAKE_PTR(text);
+        }
 }

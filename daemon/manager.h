@@ -222,6 +222,7 @@ struct Manager {
         char *bus_spec;                 /* --bus: "system", "session", an address or "none" */
         sd_bus *bus;
         char *status_file;
+        char *status_text;              /* as last written, cpu_us aside */
         uint32_t status_interval_ms;
         sd_event_source *status_timer;
         uint64_t punched_pages;
