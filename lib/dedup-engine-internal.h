@@ -9,9 +9,11 @@
  * holds the state in its low 3 bits; the rest of the slot depends on it:
  *
  *   NEW, VOLATILE, UNSTABLE: w0 = state | SLOT_PARITY (scan parity when put
- *     in the unstable tree) | SLOT_HAVE_CSUM | age (4 bits) | skips (4 bits);
- *     w1 = low 32 bits of the content hash seen at the last scan (valid with
- *     SLOT_HAVE_CSUM): the volatility filter and the unstable tree's key.
+ *     in the unstable tree) | SLOT_HAVE_CSUM | age (4 bits) | skips (4 bits)
+ *     | SLOT_SEEN (the page has a history: scanned, written, or merged
+ *     before); w1 = low 32 bits of the content hash seen at the last scan
+ *     (valid with SLOT_HAVE_CSUM): the volatility filter and the unstable
+ *     tree's key.
  *   MERGING: w0 = state | node << 3 (ZERO_NODE for a zero merge); the page
  *     is counted in the node's @pending, not yet in its sharer list.
  *   MERGED, UNMERGING: w0 = state | node << 3; w1 = next sharer of the node
@@ -42,6 +44,7 @@ enum {
         SLOT_HAVE_CSUM = 1u << 4,
         SLOT_AGE_SHIFT = 5,             /* 4 bits: scans without a merge (smart scan) */
         SLOT_SKIP_SHIFT = 9,            /* 4 bits: scans still to skip (thrash avoidance) */
+        SLOT_SEEN = 1u << 13,
         SLOT_NODE_SHIFT = 3,
 };
 #define SLOT_NIBBLE 0xFu

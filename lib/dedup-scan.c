@@ -8,6 +8,13 @@
  * looked up in the unstable tree, where a confirmed match creates a new
  * canonical page that both pages merge onto; no match inserts it.
  *
+ * Unlike KSM, a page seen for the first time (SLOT_SEEN clear: nothing
+ * known about it, as for every page of a guest just registered) goes to
+ * the unstable tree at once: a guest's duplicates merge in its first full
+ * scan instead of its second. The filter is for pages known to change:
+ * one written, changed between two scans, or refused by a merge, is
+ * SLOT_SEEN for good and must show the same content twice again.
+ *
  * A merge is only a request: the backend write-protects the page and
  * compares again, and may refuse. Until it answers, the page is MERGING and
  * counted in its canonical page's @pending, so the canonical page can
@@ -105,7 +112,7 @@ void scan_merge_finish(DedupEngine *e, dedup_page_t page, int r) {
         if (r == 0)
                 return;
         /* Drop the node bits (they overlap checksum flag, age and parity). */
-        s->w0 &= SLOT_STATE_MASK;
+        s->w0 = (s->w0 & SLOT_STATE_MASK) | SLOT_SEEN;
         e->st.merge_aborts++;
         e->vms[reg->vm].merge_aborts++;
 }
@@ -142,7 +149,7 @@ static void leave(DedupEngine *e, Region *reg, PageSlot *s, dedup_page_t page) {
         if (node != ZERO_NODE)
                 stable_remove_sharer(e, node, page);
         engine_set_state(e, reg, s, DEDUP_PAGE_NEW);
-        s->w0 &= SLOT_STATE_MASK;
+        s->w0 = (s->w0 & SLOT_STATE_MASK) | SLOT_SEEN;
         e->st.unmerges++;
         e->vms[reg->vm].unmerges++;
         if (node != ZERO_NODE)
@@ -193,7 +200,7 @@ void dedup_engine_page_written(DedupEngine *e, dedup_page_t page) {
                 break;
         default:
                 engine_set_state(e, reg, s, DEDUP_PAGE_NEW);
-                s->w0 &= ~SLOT_HAVE_CSUM;
+                s->w0 = (s->w0 & ~SLOT_HAVE_CSUM) | SLOT_SEEN;
                 reset_age(s);
         }
 }
@@ -308,7 +315,7 @@ static int merge_pair(DedupEngine *e, Tree *t, dedup_page_t page, dedup_page_t o
 static void set_volatile(DedupEngine *e, Region *reg, PageSlot *s, uint32_t csum) {
         engine_set_state(e, reg, s, DEDUP_PAGE_VOLATILE);
         s->w1 = csum;
-        s->w0 |= SLOT_HAVE_CSUM;
+        s->w0 |= SLOT_HAVE_CSUM | SLOT_SEEN;
 }
 
 /* The content of a page scanned by hash, read now into e->page_buf: 1 if it
@@ -376,8 +383,12 @@ static int scan(DedupEngine *e, Region *reg, PageSlot *s, dedup_page_t page, uin
         }
 
         /* Volatility filter: only content unchanged since the last scan may
-         * enter the unstable tree. */
-        if (!(s->w0 & SLOT_HAVE_CSUM) || s->w1 != csum) {
+         * enter the unstable tree, or that of a page seen for the first time. */
+        if (!(s->w0 & SLOT_SEEN)) {
+                s->w1 = csum;
+                s->w0 |= SLOT_HAVE_CSUM | SLOT_SEEN;
+                e->st.pages_changed++;
+        } else if (!(s->w0 & SLOT_HAVE_CSUM) || s->w1 != csum) {
                 set_volatile(e, reg, s, csum);
                 e->st.pages_changed++;
                 return 0;
@@ -476,7 +487,7 @@ static uint32_t unstable_live(const DedupEngine *e, const Tree *t) {
 
 /* Will the next full scan put this page in its unstable tree, if the
  * page stays as it is? Those in this scan's tree, and those whose checksum
- * this scan recorded (first seen, or changed) that the next one looks at. */
+ * this scan recorded (changed) that the next one looks at. */
 static bool unstable_next(const DedupEngine *e, const PageSlot *s) {
         switch (slot_state(s)) {
         case DEDUP_PAGE_UNSTABLE:
@@ -491,10 +502,11 @@ static bool unstable_next(const DedupEngine *e, const PageSlot *s) {
 /* The size of every tree's next unstable tree at once, by the group of
  * each page's VM, walking the slots in order (the tables' entries are a
  * cache miss each): when merging across nodes, where a group has a single
- * tree. Counting the pages that were first seen in this scan, and not only
- * those in its tree, spares the scan after a guest's first one from
- * growing its tree step by step, every step re-reading every entry's slot
- * (5% of a scan of unique memory). */
+ * tree. Counting the pages whose content changed in this scan, and not
+ * only those in its tree, spares the next scan from growing its tree step
+ * by step, every step re-reading every entry's slot (5% of a scan of
+ * unique memory; a guest's first scan, where every page is first seen and
+ * goes in, still pays it once). */
 static void count_unstable(DedupEngine *e) {
         for (uint32_t i = 0; i < e->n_trees; i++)
                 e->trees[i].unstable_last = 0;
