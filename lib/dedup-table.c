@@ -8,20 +8,22 @@
  * with fingerprints filtering almost all key_fn calls. */
 #define TABLE_LOAD_NUM 3
 #define TABLE_LOAD_DEN 4
+#define FP_EMPTY 0
 
 static uint32_t home(uint32_t key, uint32_t cap) {
         return (uint32_t) (((uint64_t) key * cap) >> 32);
 }
 
 static uint8_t fingerprint(uint32_t key) {
-        /* home() consumes the high bits; the low byte is independent of it. */
-        return (uint8_t) key;
+        /* home() consumes the high bits; the low byte is independent of it.
+         * 0 marks an empty slot. */
+        return (uint8_t) key ? (uint8_t) key : 1;
 }
 
 static void place(Table *t, uint32_t key, uint32_t value) {
         uint32_t i = home(key, t->cap);
 
-        while (t->values[i] != TABLE_EMPTY)
+        while (t->fps[i] != FP_EMPTY)
                 i = i + 1 == t->cap ? 0 : i + 1;
         t->values[i] = value;
         t->fps[i] = fingerprint(key);
@@ -40,7 +42,7 @@ int table_reserve(Table *t, uint32_t n, table_key_fn keyfn, const void *ctx) {
                 return -ENOMEM;
 
         values = malloc(want * sizeof(uint32_t));
-        fps = malloc(want);
+        fps = calloc(want, 1);  /* FP_EMPTY */
         if (!values || !fps) {
                 free(values);
                 free(fps);
@@ -89,9 +91,10 @@ bool table_remove(Table *t, uint32_t key, uint32_t value, table_key_fn keyfn, co
                 uint32_t h;
 
                 t->values[i] = TABLE_EMPTY;
+                t->fps[i] = FP_EMPTY;
                 for (;;) {
                         j = j + 1 == t->cap ? 0 : j + 1;
-                        if (t->values[j] == TABLE_EMPTY) {
+                        if (t->fps[j] == FP_EMPTY) {
                                 t->n--;
                                 return true;
                         }
@@ -127,14 +130,18 @@ void table_iter_init(const Table *t, uint32_t key, TableIter *it) {
 uint32_t table_iter_next(const Table *t, TableIter *it) {
         if (t->cap == 0)
                 return TABLE_EMPTY;
+        /* A probe reads only the fingerprints (64 slots a cache line) until
+         * one matches: a key that is not there, as for most pages of a
+         * scan, never touches the values. */
         for (;;) {
-                uint32_t i = it->pos, v = t->values[i];
+                uint32_t i = it->pos;
+                uint8_t fp = t->fps[i];
 
-                if (v == TABLE_EMPTY)
+                if (fp == FP_EMPTY)
                         return TABLE_EMPTY;
                 it->pos = i + 1 == t->cap ? 0 : i + 1;
-                if (t->fps[i] == it->fp)
-                        return v;
+                if (fp == it->fp)
+                        return t->values[i];
         }
 }
 

@@ -8,8 +8,9 @@
  * orders its trees by memcmp, we look up by hash equality and confirm with
  * memcmp, so ordering buys nothing and an entry costs 5 bytes, not 24.
  *
- * Each slot holds the value and an 8-bit fingerprint of its key, so a probe
- * touches the owner's memory (key_fn) only on a fingerprint hit. Linear
+ * Each slot holds the value and an 8-bit fingerprint of its key (0: empty),
+ * so a probe walks the fingerprints only, and touches the values and the
+ * owner's memory (key_fn) only on a fingerprint hit. Linear
  * probing over a non-power-of-two capacity (home = fastrange of the key);
  * deletion shifts later entries back, so there are no tombstones and a probe
  * stops at the first empty slot.
