@@ -8,7 +8,13 @@
  *
  * - canon_alloc() places a new page right after the previous guest page's
  *   canonical page and stages its content; adjacent pages of one pool
- *   collect into one pwrite() (manager_canon_sync()). Nothing reads a pool
+ *   collect into one pwrite() (manager_canon_sync()). Scanning by hash, the
+ *   engine has no content to give: the staged page then names its guest
+ *   page, and the sync reads those in runs (one pread() per run of
+ *   adjacent guest pages, where the engine read each page alone before),
+ *   checks each still has the hash it was merged on, and marks the
+ *   canonical page of one that changed stale: every merge onto it fails
+ *   (manager_flush()) until the engine frees it. Nothing reads a pool
  *   page before the sync: manager_flush() (the only sender of REMAPs, which
  *   also compares every page with its canonical page under protection)
  *   and the canon_read/canon_nid/canon_free ops sync first. A write that
@@ -38,6 +44,68 @@ Pool *manager_loc_pool(Manager *m, uint64_t loc, uint64_t *ret_off) {
         return id < m->n_pools ? m->pools[id] : NULL;
 }
 
+static int push(uint64_t **v, size_t *n, size_t *cap, uint64_t loc) {
+        if (*n == *cap) {
+                size_t c = *cap ? *cap * 2 : 256;
+                uint64_t *d = realloc(*v, c * sizeof(uint64_t));
+                if (!d)
+                        return -ENOMEM;
+                *v = d;
+                *cap = c;
+        }
+        (*v)[(*n)++] = loc;
+        return 0;
+}
+
+bool manager_canon_is_stale(const Manager *m, uint64_t loc) {
+        for (size_t i = 0; i < m->n_stale; i++)
+                if (m->stale[i] == loc)
+                        return true;
+        return false;
+}
+
+static void unstale(Manager *m, uint64_t loc) {
+        for (size_t i = 0; i < m->n_stale; i++)
+                if (m->stale[i] == loc) {
+                        m->stale[i] = m->stale[--m->n_stale];
+                        return;
+                }
+}
+
+/* Read the staged pages that come from guest pages (stage_src), a run of
+ * adjacent guest pages at a time, and check their hashes. */
+static void stage_fill(Manager *m) {
+        for (uint32_t i = 0, n; i < m->stage_n; i += n) {
+                dedup_page_t src = m->stage_src[i];
+                uint8_t *buf = m->stage_buf + (size_t) i * DEDUP_PAGE_SIZE;
+                VmRegion *reg;
+                ssize_t k = -1;
+
+                n = 1;
+                if (src == DEDUP_PAGE_NONE)
+                        continue;
+                reg = vm_page_region(m, src, NULL);
+                if (reg) {
+                        while (i + n < m->stage_n && m->stage_src[i + n] == src + n && src + n - reg->first < reg->npages)
+                                n++;
+                        k = pread(reg->memfd, buf, (size_t) n * DEDUP_PAGE_SIZE,
+                                  (off_t) (reg->memfd_offset + (uint64_t) (src - reg->first) * DEDUP_PAGE_SIZE));
+                }
+                for (uint32_t j = 0; j < n; j++) {
+                        bool zero;
+
+                        if (k == (ssize_t) n * DEDUP_PAGE_SIZE &&
+                            dedup_engine_hash(m->engine, buf + (size_t) j * DEDUP_PAGE_SIZE, &zero) == m->stage_hash[i + j])
+                                continue;
+                        /* Without room to remember it, the page is still
+                         * never mapped wrong: merges compare every byte. */
+                        if (push(&m->stale, &m->n_stale, &m->cap_stale,
+                                 pool_loc_make(m->stage_pool, m->stage_off + (uint64_t) (i + j) * DEDUP_PAGE_SIZE)) < 0)
+                                log_oom();
+                }
+        }
+}
+
 /* Write the staged run. */
 int manager_canon_sync(Manager *m) {
         Pool *p;
@@ -45,6 +113,7 @@ int manager_canon_sync(Manager *m) {
 
         if (m->stage_n == 0)
                 return 0;
+        stage_fill(m);
         p = m->pools[m->stage_pool];
         r = pool_write_run(p, m->stage_off, m->stage_buf, m->stage_n);
         if (r < 0)
@@ -150,7 +219,14 @@ int manager_canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t *r
                 m->stage_pool = id;
                 m->stage_off = off;
         }
-        memcpy(m->stage_buf + (size_t) m->stage_n++ * DEDUP_PAGE_SIZE, req->data, DEDUP_PAGE_SIZE);
+        if (req->data) {
+                memcpy(m->stage_buf + (size_t) m->stage_n * DEDUP_PAGE_SIZE, req->data, DEDUP_PAGE_SIZE);
+                m->stage_src[m->stage_n] = DEDUP_PAGE_NONE;
+        } else {
+                m->stage_src[m->stage_n] = req->page;
+                m->stage_hash[m->stage_n] = req->hash;
+        }
+        m->stage_n++;
         *ret_loc = pool_loc_make(id, off);
         return 0;
 }
@@ -160,19 +236,6 @@ bool manager_loc_held(Manager *m, uint64_t loc) {
                 if (bsearch(&loc, m->holds[i].locs, m->holds[i].n_locs, sizeof(uint64_t), cmp_u64))
                         return true;
         return false;
-}
-
-static int push(uint64_t **v, size_t *n, size_t *cap, uint64_t loc) {
-        if (*n == *cap) {
-                size_t c = *cap ? *cap * 2 : 256;
-                uint64_t *d = realloc(*v, c * sizeof(uint64_t));
-                if (!d)
-                        return -ENOMEM;
-                *v = d;
-                *cap = c;
-        }
-        (*v)[(*n)++] = loc;
-        return 0;
 }
 
 /* Punch the queue: sorted, locations of one pool are offsets in order, so
@@ -209,6 +272,7 @@ void manager_canon_free(void *ud, uint64_t loc) {
         if (!p)
                 return;
         (void) manager_canon_sync(m);
+        unstale(m, loc);
         if (manager_loc_held(m, loc)) {
                 /* Leak the page rather than punch what a VMM maps. */
                 if (push(&m->deferred_frees, &m->n_deferred, &m->cap_deferred, loc) < 0)

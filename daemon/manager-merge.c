@@ -253,7 +253,9 @@ static int flush_run(Vm *vm, RemapBuilder *b, VmRegion *reg, dedup_page_t first,
         for (uint32_t i = 0; i <= n; i++) {
                 bool same = i < n && memcmp(m->buf_a + (size_t) i * DEDUP_PAGE_SIZE,
                                             loc == DEDUP_LOC_ZERO ? zero_page : m->buf_b + (size_t) i * DEDUP_PAGE_SIZE,
-                                            DEDUP_PAGE_SIZE) == 0;
+                                            DEDUP_PAGE_SIZE) == 0 &&
+                            (m->n_stale == 0 || loc == DEDUP_LOC_ZERO ||
+                             !manager_canon_is_stale(m, loc + (uint64_t) i * DEDUP_PAGE_SIZE));
                 if (same)
                         continue;
                 if (i > start) {

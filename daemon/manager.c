@@ -75,6 +75,7 @@ Manager *manager_free(Manager *m) {
         dedup_engine_free(m->engine);
         sd_event_source_disable_unref(m->punch_source);
         free(m->punch);
+        free(m->stale);
         undone_sample_free(&m->undone);
         memcg_free(m->memcg);
         for (unsigned i = 0; i < m->n_pools; i++)

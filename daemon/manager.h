@@ -178,11 +178,20 @@ struct Manager {
         size_t n_punch, cap_punch;
         sd_event_source *punch_source;
         /* New canonical pages not written yet: stage_n pages of pool
-         * stage_pool from stage_off on (manager-canon.c). */
+         * stage_pool from stage_off on (manager-canon.c); the content of
+         * each is in stage_buf, or still to be read from guest page
+         * stage_src (DEDUP_PAGE_NONE: in stage_buf), which must hash to
+         * stage_hash. */
         uint16_t stage_pool;
         uint32_t stage_n;
         uint64_t stage_off;
+        dedup_page_t stage_src[MANAGER_STAGE_PAGES];
+        uint64_t stage_hash[MANAGER_STAGE_PAGES];
         uint8_t stage_buf[MANAGER_STAGE_PAGES * DEDUP_PAGE_SIZE] __attribute__((aligned(64)));
+        /* Canonical pages whose guest page had changed when read: every
+         * merge onto them fails, until the engine frees them. */
+        uint64_t *stale;
+        size_t n_stale, cap_stale;
 
         /* tunables (KSM's names) */
         unsigned run;                   /* 0 stop, 1 run, 2 unmerge all */
@@ -276,6 +285,7 @@ bool manager_loc_held(Manager *m, uint64_t loc);
 int manager_canon_sync(Manager *m);
 /* Punch the pages canon_free() queued, now. */
 void manager_canon_punch(Manager *m);
+bool manager_canon_is_stale(const Manager *m, uint64_t loc);
 int manager_canon_read(void *ud, uint64_t loc, void *buf);
 int manager_canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t *ret_loc);
 void manager_canon_free(void *ud, uint64_t loc);

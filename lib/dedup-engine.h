@@ -44,7 +44,14 @@ struct dedup_canon_req {
         uint16_t group;
         int nid;                /* node the canonical page must live on */
         dedup_page_t page;      /* the page being merged: a placement hint for runs */
-        const void *data;       /* DEDUP_PAGE_SIZE bytes of content */
+        /* DEDUP_PAGE_SIZE bytes of content; or NULL when scanning by hash:
+         * then the content is page's, as it was when hashed to @hash, and
+         * the backend reads it (with those of other new canonical pages, in
+         * runs) before anything reads or maps the canonical page. If page
+         * no longer hashes to @hash then, every merge onto the canonical
+         * page must fail: the engine frees it once they have. */
+        const void *data;
+        uint64_t hash;
 };
 
 typedef struct DedupEngineOps {
@@ -166,11 +173,12 @@ uint64_t dedup_page_hash(const void *data);
  * any thread, concurrently with other engine calls (if ops->hash is). */
 uint64_t dedup_engine_hash(const DedupEngine *e, const void *data, bool *ret_zero);
 /* dedup_engine_scan_page() for a page the caller hashed with
- * dedup_engine_hash() (on a scan thread, say) and no longer holds. Where
- * the engine needs the content itself (to write a new canonical page, or
- * to compare when merges do not verify) it reads it with the page_read op;
- * a page whose content no longer has that hash counts as changed and is
- * not merged. */
+ * dedup_engine_hash() (on a scan thread, say) and no longer holds. A new
+ * canonical page's content is the backend's to read (struct
+ * dedup_canon_req). Where the engine needs the content itself (to compare,
+ * when merges do not verify) it reads it with the page_read op; a page
+ * whose content no longer has that hash counts as changed and is not
+ * merged. */
 int dedup_engine_scan_hashed(DedupEngine *e, dedup_page_t page, uint64_t hash, bool zero, int nid);
 /* Optional: start loading what scanning a page of this hash will look up
  * (a hash table slot is a cache miss); call it some pages ahead. */

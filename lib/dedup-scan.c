@@ -280,6 +280,7 @@ static int merge_pair(DedupEngine *e, Tree *t, dedup_page_t page, dedup_page_t o
                       const void *data, int nid, uint32_t match) {
         struct dedup_canon_req req = {
                 .group = t->group, .nid = e->merge_across_nodes ? -1 : nid, .page = page, .data = data,
+                .hash = hash,
         };
         uint64_t loc;
         uint32_t idx;
@@ -316,23 +317,6 @@ static void set_volatile(DedupEngine *e, Region *reg, PageSlot *s, uint32_t csum
         engine_set_state(e, reg, s, DEDUP_PAGE_VOLATILE);
         s->w1 = csum;
         s->w0 |= SLOT_HAVE_CSUM | SLOT_SEEN;
-}
-
-/* The content of a page scanned by hash, read now into e->page_buf: 1 if it
- * still has that hash; 0 if it cannot be read, or if it changed since it
- * was hashed (then it is volatile, with its new checksum); or -ENOMEM. */
-static int fetch(DedupEngine *e, Region *reg, PageSlot *s, dedup_page_t page, uint64_t hash) {
-        uint64_t now;
-        int r;
-
-        r = e->ops.page_read(e->userdata, page, e->page_buf);
-        if (r < 0)
-                return r == -ENOMEM ? r : 0;
-        now = engine_hash(e, e->page_buf);
-        if (now == hash)
-                return 1;
-        set_volatile(e, reg, s, (uint32_t) now);
-        return 0;
 }
 
 /* The slot of page if it is one to look at now, else NULL with *ret set to
@@ -399,13 +383,8 @@ static int scan(DedupEngine *e, Region *reg, PageSlot *s, dedup_page_t page, uin
                 return r;
         if (other != DEDUP_PAGE_NONE) {
                 e->st.pages_changed++;
-                if (!data) {
-                        /* The canonical page is written from the content. */
-                        r = fetch(e, reg, s, page, hash);
-                        if (r <= 0)
-                                return r;
-                        data = e->page_buf;
-                }
+                /* Without data (scanning by hash) the backend reads page's
+                 * content for the canonical page itself, batched. */
                 return merge_pair(e, t, page, other, hash, data, nid, match);
         }
 

@@ -24,6 +24,10 @@ void content_fill(uint64_t cid, void *buf) {
                 w[i] = splitmix(&x);
 }
 
+/* Content of a canonical page made from a page that changed since it was
+ * hashed: no page holds it. */
+#define BE_STALE_CID (UINT64_MAX - 1)
+
 static uint64_t cid_of(const void *buf) {
         uint64_t c;
         static const uint8_t zero[DEDUP_PAGE_SIZE];
@@ -85,7 +89,19 @@ static int be_canon_alloc(void *ud, const struct dedup_canon_req *req, uint64_t 
                 }
                 b->ncanon++;
         }
-        b->canon_cid[i] = cid_of(req->data);
+        if (req->data)
+                b->canon_cid[i] = cid_of(req->data);
+        else {
+                /* Read the page now, as dedupd does before anything maps
+                 * the canonical page; if it changed since it was hashed,
+                 * hold content no page has, so that every merge fails. */
+                uint8_t buf[DEDUP_PAGE_SIZE];
+                bool zero;
+
+                b->ops_read++;
+                content_fill(backend_visible(b, req->page), buf);
+                b->canon_cid[i] = dedup_engine_hash(b->e, buf, &zero) == req->hash ? cid_of(buf) : BE_STALE_CID;
+        }
         b->canon_nid[i] = (int8_t) (req->nid < 0 ? 0 : req->nid);
         b->live_canon++;
         *ret_loc = i;
