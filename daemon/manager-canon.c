@@ -97,6 +97,7 @@ static void stage_fill(Manager *m) {
                         if (k == (ssize_t) n * DEDUP_PAGE_SIZE &&
                             dedup_engine_hash(m->engine, buf + (size_t) j * DEDUP_PAGE_SIZE, &zero) == m->stage_hash[i + j])
                                 continue;
+                        m->canon_stale++;
                         /* Without room to remember it, the page is still
                          * never mapped wrong: merges compare every byte. */
                         if (push(&m->stale, &m->n_stale, &m->cap_stale,

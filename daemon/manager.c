@@ -396,7 +396,7 @@ void manager_write_status(Manager *m) {
                 "zero_pages=%llu\nmerge_aborts=%llu\nunmerges=%llu\npages_pending=%llu\nmetadata_bytes=%llu\n"
                 "saved_bytes=%llu\npunched_pages=%llu\npools=%u\nholds=%zu\nmemory_limited=%d\n"
                 "pools_claiming=%u\nkept_pages=%llu\nsampled_merges=%llu\nsampled_undone=%llu\n"
-                "sampled_undone_in_scan=%llu\n",
+                "sampled_undone_in_scan=%llu\ncanon_stale=%llu\n",
                 m->run, nvms, (unsigned long long) st.pages_shared, (unsigned long long) st.pages_sharing,
                 (unsigned long long) st.pages_unshared, (unsigned long long) st.pages_volatile,
                 (unsigned long long) st.pages_scanned, (unsigned long long) st.full_scans,
@@ -407,7 +407,7 @@ void manager_write_status(Manager *m) {
                 (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE),
                 (unsigned long long) m->punched_pages, m->n_pools, m->n_holds, m->memory_limited,
                 m->n_claiming, (unsigned long long) m->kept_pages, (unsigned long long) m->undone.merges,
-                (unsigned long long) m->undone.undone, (unsigned long long) m->undone.undone_in_scan);
+                (unsigned long long) m->undone.undone, (unsigned long long) m->undone.undone_in_scan, (unsigned long long) m->canon_stale);
         manager_scan_write_status(m, f);
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];

@@ -235,6 +235,7 @@ struct Manager {
         uint32_t status_interval_ms;
         sd_event_source *status_timer;
         uint64_t punched_pages;
+        uint64_t canon_stale;           /* canonical pages marked stale, ever */
         UndoneSample undone;            /* merges guests undo, sampled (undone-sample.h) */
         unsigned n_claiming;            /* pools of the previous run not settled (manager-restart.c) */
         uint64_t started_us;            /* CLOCK_MONOTONIC */

@@ -106,7 +106,8 @@ no_stale_pools() {
 sim_var() { echo "$1" | tr -c 'A-Za-z0-9_\n' _; }
 
 # start_sim NAME [options...]: a guest simulator registered with dedupd
-# (unless --backend=anon-ksm)
+# (unless --backend=anon-ksm), up when this returns (SIM_NO_WAIT=1: call
+# sim_ready NAME later, to start several at once)
 start_sim() {
         name=$1; shift
         sock="--socket=$T/vmm.sock"
@@ -116,7 +117,12 @@ start_sim() {
                 --ready-file="$T/$name.ready" --stats-interval-ms=200 "$@" >"$T/$name.log" 2>&1 &
         eval "SIM_PID_$(sim_var "$name")=$!"
         PIDS="$PIDS $!"
-        wait_for 30 "[ -f '$T/$name.ready' ]" || { cat "$T/$name.log"; fail "guest-sim $name not ready"; }
+        [ -n "${SIM_NO_WAIT:-}" ] || sim_ready "$name"
+}
+
+# sim_ready NAME: wait until guest-sim NAME is up (after SIM_NO_WAIT=1 start_sim)
+sim_ready() {
+        wait_for 30 "[ -f '$T/$1.ready' ]" || { cat "$T/$1.log"; fail "guest-sim $1 not ready"; }
 }
 
 # wait_for SECONDS CONDITION: poll every 0.1 s
