@@ -78,23 +78,20 @@ static void stage_fill(Manager *m) {
         for (uint32_t i = 0, n; i < m->stage_n; i += n) {
                 dedup_page_t src = m->stage_src[i];
                 uint8_t *buf = m->stage_buf + (size_t) i * DEDUP_PAGE_SIZE;
-                VmRegion *reg;
-                ssize_t k = -1;
+                int k;
 
                 n = 1;
                 if (src == DEDUP_PAGE_NONE)
                         continue;
-                reg = vm_page_region(m, src, NULL);
-                if (reg) {
-                        while (i + n < m->stage_n && m->stage_src[i + n] == src + n && src + n - reg->first < reg->npages)
-                                n++;
-                        k = pread(reg->memfd, buf, (size_t) n * DEDUP_PAGE_SIZE,
-                                  (off_t) (reg->memfd_offset + (uint64_t) (src - reg->first) * DEDUP_PAGE_SIZE));
-                }
+                while (i + n < m->stage_n && m->stage_src[i + n] == src + n)
+                        n++;
+                /* A run reaching past its region's end: the rest goes round again. */
+                k = manager_read_pages(m, src, n, buf);
+                n = k > 0 ? (uint32_t) k : 1;
                 for (uint32_t j = 0; j < n; j++) {
                         bool zero;
 
-                        if (k == (ssize_t) n * DEDUP_PAGE_SIZE &&
+                        if (k > 0 &&
                             dedup_engine_hash(m->engine, buf + (size_t) j * DEDUP_PAGE_SIZE, &zero) == m->stage_hash[i + j])
                                 continue;
                         m->canon_stale++;

@@ -34,18 +34,26 @@
 
 static const uint8_t zero_page[DEDUP_PAGE_SIZE];
 
-static int page_read(void *ud, dedup_page_t page, void *buf) {
-        VmRegion *reg = vm_page_region(ud, page, NULL);
-        ssize_t n;
+int manager_read_pages(Manager *m, dedup_page_t page, uint32_t n, void *buf) {
+        VmRegion *reg = vm_page_region(m, page, NULL);
+        ssize_t k;
 
         if (!reg)
                 return -ENOENT;
-        n = pread(reg->memfd, buf, DEDUP_PAGE_SIZE, (off_t) (reg->memfd_offset + (uint64_t) (page - reg->first) * DEDUP_PAGE_SIZE));
-        if (n < 0)
+        n = (uint32_t) MIN((uint64_t) n, (uint64_t) reg->npages - (page - reg->first));
+        k = pread(reg->memfd, buf, (size_t) n * DEDUP_PAGE_SIZE,
+                  (off_t) (reg->memfd_offset + (uint64_t) (page - reg->first) * DEDUP_PAGE_SIZE));
+        if (k < 0)
                 return -errno;
-        if (n != DEDUP_PAGE_SIZE)
+        if (k != (ssize_t) n * DEDUP_PAGE_SIZE)
                 return -EIO;
-        return 0;
+        return (int) n;
+}
+
+static int page_read(void *ud, dedup_page_t page, void *buf) {
+        int r = manager_read_pages(ud, page, 1, buf);
+
+        return r < 0 ? r : 0;
 }
 
 static int queue(PendingOp **v, size_t *n, size_t *cap, dedup_page_t page, uint64_t loc) {

@@ -407,7 +407,8 @@ void manager_write_status(Manager *m) {
                 (unsigned long long) ((st.pages_sharing + st.zero_pages) * DEDUP_PAGE_SIZE),
                 (unsigned long long) m->punched_pages, m->n_pools, m->n_holds, m->memory_limited,
                 m->n_claiming, (unsigned long long) m->kept_pages, (unsigned long long) m->undone.merges,
-                (unsigned long long) m->undone.undone, (unsigned long long) m->undone.undone_in_scan, (unsigned long long) m->canon_stale);
+                (unsigned long long) m->undone.undone, (unsigned long long) m->undone.undone_in_scan,
+                (unsigned long long) m->canon_stale);
         manager_scan_write_status(m, f);
         for (unsigned i = 0; i < MANAGER_MAX_VMS; i++) {
                 Vm *vm = m->vms[i];

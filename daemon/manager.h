@@ -268,6 +268,9 @@ int manager_accept(Manager *m, int fd);
 void vm_disconnect(Vm *vm, int error, const char *why);
 Vm *vm_free(Vm *vm);
 VmRegion *vm_page_region(Manager *m, dedup_page_t page, Vm **ret_vm);
+/* Read up to n guest pages from page on, stopping at the end of its
+ * region: the number read, or -errno. */
+int manager_read_pages(Manager *m, dedup_page_t page, uint32_t n, void *buf);
 Vm *manager_find_vm(Manager *m, const char *name);
 /* "merging", "not-merging" or "unmerging", and why when not merging. */
 const char *vm_state(Vm *vm, const char **ret_reason);
