@@ -313,10 +313,14 @@ static int merge_pair(DedupEngine *e, Tree *t, dedup_page_t page, dedup_page_t o
         return r;
 }
 
-static void set_volatile(DedupEngine *e, Region *reg, PageSlot *s, uint32_t csum) {
-        engine_set_state(e, reg, s, DEDUP_PAGE_VOLATILE);
+static void record_csum(PageSlot *s, uint32_t csum) {
         s->w1 = csum;
         s->w0 |= SLOT_HAVE_CSUM | SLOT_SEEN;
+}
+
+static void set_volatile(DedupEngine *e, Region *reg, PageSlot *s, uint32_t csum) {
+        engine_set_state(e, reg, s, DEDUP_PAGE_VOLATILE);
+        record_csum(s, csum);
 }
 
 /* The slot of page if it is one to look at now, else NULL with *ret set to
@@ -369,8 +373,7 @@ static int scan(DedupEngine *e, Region *reg, PageSlot *s, dedup_page_t page, uin
         /* Volatility filter: only content unchanged since the last scan may
          * enter the unstable tree, or that of a page seen for the first time. */
         if (!(s->w0 & SLOT_SEEN)) {
-                s->w1 = csum;
-                s->w0 |= SLOT_HAVE_CSUM | SLOT_SEEN;
+                record_csum(s, csum);
                 e->st.pages_changed++;
         } else if (!(s->w0 & SLOT_HAVE_CSUM) || s->w1 != csum) {
                 set_volatile(e, reg, s, csum);
