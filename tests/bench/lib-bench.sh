@@ -116,16 +116,38 @@ scan_sample() {
         fi
 }
 
-# pread_ceiling MIB THREADS: print what THREADS threads reading a memfd of
+# rate CPU0 PAGES0 CPU1 PAGES1: GiB scanned per CPU second between two
+# scan_sample()s: what one scan thread running flat out reads in a second
+rate() { awk -v c="$(($4 - $2))" -v t0="$1" -v t1="$3" 'BEGIN { printf "%.2f", (t1 > t0 ? c * 4096 / 2^30 / (t1 - t0) : 0) }'; }
+
+# read_ceiling MIB THREADS: print what THREADS threads reading a memfd of
 # MIB MiB with pread() (and hashing) reach here (tests/bench/read-ceiling),
 # and set CEILING to its GiB/s per CPU with the hash. Memory allocated in
 # one go is more contiguous and reads faster: 5.0 GiB/s at 4 GiB against
 # 3.4-4.0 at 512 MiB on a 2-CPU test machine, so use the guest's size.
-pread_ceiling() {
+# read_ceiling FILE...: the same, one thread, over these files.
+read_ceiling() {
         make -s -C "$top_builddir" tests/bench/read-ceiling >/dev/null
-        line=$("$top_builddir/tests/bench/read-ceiling" "$1" "$2") || fail "read-ceiling failed"
-        echo "$line"
-        CEILING=$(echo "$line" | sed -n 's/.*pread_hash_gib_s_per_cpu=\([0-9.]*\).*/\1/p')
+        ceiling=$("$top_builddir/tests/bench/read-ceiling" "$@") || fail "read-ceiling failed"
+        echo "$ceiling"
+        CEILING=$(echo "$ceiling" | sed -n 's/.*pread_hash_gib_s_per_cpu=\([0-9.]*\).*/\1/p')
+}
+
+# guest_ceiling: read_ceiling over the memfds of the simulators started by
+# start_sims, read where they are (/proc/PID/fd): how fast memory reads
+# here depends on where its pages are (see read-ceiling.c), and this is
+# what the guests' scan is up against.
+guest_ceiling() {
+        files=""
+        for p in $SIMS_PIDS; do # a guest's memfd may be open more than once
+                for f in /proc/"$p"/fd/*; do
+                        case $(readlink "$f") in /memfd:guest-sim:*) echo "$(command stat -L -c %i "$f") $f" ;; esac
+                done
+        done >"$T/guest-memfds"
+        files=$(sort -u -k1,1 "$T/guest-memfds" | cut -d' ' -f2)
+        [ -n "$files" ] || fail "no guest memfd to read"
+        # shellcheck disable=SC2086
+        read_ceiling $files
 }
 
 # until_scans ENGINE N: poll every 10 ms (wait_for's 100 ms would blur a
@@ -222,9 +244,11 @@ sims_sum() {
         for s in $SIMS; do stat "$T/$s.stats" "$1"; done | awk '{ s += $1 } END { print s + 0 }'
 }
 
-# sims_max KEY
-sims_max() {
-        for s in $SIMS; do stat "$T/$s.stats" "$1"; done | awk 'NR == 1 || $1 > m { m = $1 } END { print m + 0 }'
+# sims_max KEY, sims_min KEY: a stats key's largest, smallest value
+sims_max() { sims_pick "$1" '>'; }
+sims_min() { sims_pick "$1" '<'; }
+sims_pick() {
+        for s in $SIMS; do stat "$T/$s.stats" "$1"; done | awk "NR == 1 || \$1 $2 m { m = \$1 } END { print m + 0 }"
 }
 
 # converge ENGINE MAX_S [QUIET_S]: merge from now until savings stop
