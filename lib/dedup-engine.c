@@ -448,7 +448,7 @@ static bool in_table(const DedupEngine *e, const Tree *t, uint32_t idx) {
         TableIter it;
         uint32_t v;
 
-        table_iter_init(&t->stable, (uint32_t) e->nodes[idx].hash, &it);
+        table_iter_init(&t->stable, e->nodes[idx].hash, &it);
         while ((v = table_iter_next(&t->stable, &it)) != TABLE_EMPTY)
                 if (v == idx)
                         return true;

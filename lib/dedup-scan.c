@@ -235,13 +235,15 @@ uint64_t dedup_engine_hash(const DedupEngine *e, const void *data, bool *ret_zer
         return hash;
 }
 
-/* Find a confirmed twin of page in the unstable tree, or DEDUP_PAGE_NONE. */
-static int unstable_search(DedupEngine *e, Tree *t, dedup_page_t page, uint32_t csum, const void *data,
+/* Find a confirmed twin of page in the unstable tree, or DEDUP_PAGE_NONE.
+ * Scanning by hash (merges verify) a twin is an entry of the same checksum
+ * and fingerprint: 40 bits of the hash. */
+static int unstable_search(DedupEngine *e, Tree *t, dedup_page_t page, uint64_t hash, const void *data,
                            dedup_page_t *ret) {
+        uint32_t other, csum = (uint32_t) hash;
         TableIter it;
-        uint32_t other;
 
-        table_iter_init(&t->unstable, csum, &it);
+        table_iter_init(&t->unstable, hash, &it);
         while ((other = table_iter_next(&t->unstable, &it)) != TABLE_EMPTY) {
                 Region *reg;
                 PageSlot *o = engine_slot(e, other, &reg);
@@ -381,7 +383,7 @@ static int scan(DedupEngine *e, Region *reg, PageSlot *s, dedup_page_t page, uin
                 return 0;
         }
 
-        r = unstable_search(e, t, page, csum, data, &other);
+        r = unstable_search(e, t, page, hash, data, &other);
         if (r < 0)
                 return r;
         if (other != DEDUP_PAGE_NONE) {
@@ -398,7 +400,7 @@ static int scan(DedupEngine *e, Region *reg, PageSlot *s, dedup_page_t page, uin
                 if (r < 0)
                         return r;
         }
-        r = table_insert(&t->unstable, csum, page, unstable_key, e);
+        r = table_insert(&t->unstable, hash, page, unstable_key, e);
         if (r < 0)
                 return r;
         engine_set_state(e, reg, s, DEDUP_PAGE_UNSTABLE);
@@ -447,8 +449,8 @@ void dedup_engine_prefetch(const DedupEngine *e, dedup_page_t page, uint64_t has
         t = engine_tree((DedupEngine *) e, e->vms[reg->vm].group, nid, false);
         if (!t)
                 return;
-        table_prefetch(&t->stable, (uint32_t) hash);
-        table_prefetch(&t->unstable, (uint32_t) hash);
+        table_prefetch(&t->stable, hash);
+        table_prefetch(&t->unstable, hash);
 }
 
 /* Entries of t's unstable tree whose page is still unstable. */

@@ -111,8 +111,8 @@ static int chain_create(DedupEngine *e, Tree *t, uint32_t p, uint32_t *ret_chain
                 .hash = e->nodes[p].hash, .loc = e->ops.now_ms(e->userdata), .head = NODE_NONE,
                 .group = e->nodes[p].group, .nid = e->nodes[p].nid, .kind = NODE_CHAIN,
         };
-        table_remove(&t->stable, (uint32_t) e->nodes[p].hash, p, stable_key, e);
-        r = table_insert(&t->stable, (uint32_t) e->nodes[c].hash, c, stable_key, e);
+        table_remove(&t->stable, e->nodes[p].hash, p, stable_key, e);
+        r = table_insert(&t->stable, e->nodes[c].hash, c, stable_key, e);
         if (r < 0) {
                 /* Cannot fail: the removal just made room. */
                 node_release(e, c);
@@ -142,13 +142,13 @@ static bool chain_prune(DedupEngine *e, uint32_t c) {
                 return false;
 
         only = e->nodes[c].head;
-        table_remove(&t->stable, (uint32_t) e->nodes[c].hash, c, stable_key, e);
+        table_remove(&t->stable, e->nodes[c].hash, c, stable_key, e);
         e->st.stable_node_chains--;
         if (only != NODE_NONE) {
                 dup_unlink(e, only);
                 e->nodes[only].kind = NODE_PLAIN;
                 /* Cannot fail: the chain's entry just left. */
-                (void) table_insert(&t->stable, (uint32_t) e->nodes[only].hash, only, stable_key, e);
+                (void) table_insert(&t->stable, e->nodes[only].hash, only, stable_key, e);
         }
         node_release(e, c);
         return true;
@@ -205,7 +205,7 @@ int stable_search(DedupEngine *e, Tree *t, uint64_t hash, const void *data, bool
 
 again:
         *ret_match = *ret_target = NODE_NONE;
-        table_iter_init(&t->stable, (uint32_t) hash, &it);
+        table_iter_init(&t->stable, hash, &it);
         while ((idx = table_iter_next(&t->stable, &it)) != TABLE_EMPTY) {
                 StableNode *n = &e->nodes[idx];
                 uint32_t best = NODE_NONE, any = NODE_NONE;
@@ -294,7 +294,7 @@ int stable_insert(DedupEngine *e, Tree *t, uint32_t idx, uint32_t match) {
         }
         if (match == NODE_NONE) {
                 n->kind = NODE_PLAIN;
-                return table_insert(&t->stable, (uint32_t) n->hash, idx, stable_key, e);
+                return table_insert(&t->stable, n->hash, idx, stable_key, e);
         }
         if (e->nodes[match].kind == NODE_PLAIN) {
                 r = chain_create(e, t, match, &match);
@@ -311,7 +311,7 @@ static int migrate(DedupEngine *e, uint32_t idx, int nid) {
         Tree *from = node_tree(e, idx), *to;
 
         if (e->nodes[idx].kind == NODE_PLAIN)
-                table_remove(&from->stable, (uint32_t) e->nodes[idx].hash, idx, stable_key, e);
+                table_remove(&from->stable, e->nodes[idx].hash, idx, stable_key, e);
         to = engine_tree(e, e->nodes[idx].group, nid, true);
         if (!to)
                 return -ENOMEM;
@@ -441,7 +441,7 @@ void stable_put(DedupEngine *e, uint32_t idx) {
         e->ops.canon_free(e->userdata, n->loc);
         n->loc = LOC_NONE;
         if (n->kind == NODE_PLAIN) {
-                table_remove(&node_tree(e, idx)->stable, (uint32_t) n->hash, idx, stable_key, e);
+                table_remove(&node_tree(e, idx)->stable, n->hash, idx, stable_key, e);
                 node_release(e, idx);
         }
         /* A dup stays, stale, until its chain is pruned. */

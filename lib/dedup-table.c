@@ -14,25 +14,26 @@ static uint32_t home(uint32_t key, uint32_t cap) {
         return (uint32_t) (((uint64_t) key * cap) >> 32);
 }
 
-static uint8_t fingerprint(uint32_t key) {
-        /* home() consumes the high bits; the low byte is independent of it.
-         * 0 marks an empty slot. */
-        return (uint8_t) key ? (uint8_t) key : 1;
+static uint8_t fingerprint(uint64_t key) {
+        /* Bits the home (the low 32) does not use. 0 marks an empty slot. */
+        uint8_t fp = (uint8_t) (key >> 32);
+
+        return fp ? fp : 1;
 }
 
-static void place(Table *t, uint32_t key, uint32_t value) {
+static void place(Table *t, uint32_t key, uint8_t fp, uint32_t value) {
         uint32_t i = home(key, t->cap);
 
         while (t->fps[i] != FP_EMPTY)
                 i = i + 1 == t->cap ? 0 : i + 1;
         t->values[i] = value;
-        t->fps[i] = fingerprint(key);
+        t->fps[i] = fp;
 }
 
 int table_reserve(Table *t, uint32_t n, table_key_fn keyfn, const void *ctx) {
         uint64_t want = (uint64_t) n * TABLE_LOAD_DEN / TABLE_LOAD_NUM + 1;
         uint32_t *values, *old = t->values, oldcap = t->cap;
-        uint8_t *fps;
+        uint8_t *fps, *oldfps = t->fps;
 
         if (want <= t->cap)
                 return 0;
@@ -51,18 +52,18 @@ int table_reserve(Table *t, uint32_t n, table_key_fn keyfn, const void *ctx) {
         for (uint64_t i = 0; i < want; i++)
                 values[i] = TABLE_EMPTY;
 
-        free(t->fps);
         t->values = values;
         t->fps = fps;
         t->cap = (uint32_t) want;
         for (uint32_t i = 0; i < oldcap; i++)
-                if (old[i] != TABLE_EMPTY)
-                        place(t, keyfn(ctx, old[i]), old[i]);
+                if (oldfps[i] != FP_EMPTY)
+                        place(t, keyfn(ctx, old[i]), oldfps[i], old[i]);
         free(old);
+        free(oldfps);
         return 0;
 }
 
-int table_insert(Table *t, uint32_t key, uint32_t value, table_key_fn keyfn, const void *ctx) {
+int table_insert(Table *t, uint64_t key, uint32_t value, table_key_fn keyfn, const void *ctx) {
         if ((uint64_t) (t->n + 1) * TABLE_LOAD_DEN > (uint64_t) t->cap * TABLE_LOAD_NUM) {
                 /* Grow by half: the unstable tree is sized from the last scan,
                  * so growth is rare and doubling would waste the budget. */
@@ -71,17 +72,17 @@ int table_insert(Table *t, uint32_t key, uint32_t value, table_key_fn keyfn, con
                 if (r < 0)
                         return r;
         }
-        place(t, key, value);
+        place(t, (uint32_t) key, fingerprint(key), value);
         t->n++;
         return 0;
 }
 
-bool table_remove(Table *t, uint32_t key, uint32_t value, table_key_fn keyfn, const void *ctx) {
+bool table_remove(Table *t, uint64_t key, uint32_t value, table_key_fn keyfn, const void *ctx) {
         uint32_t i, j;
 
         if (t->cap == 0)
                 return false;
-        for (i = home(key, t->cap); t->values[i] != value; i = i + 1 == t->cap ? 0 : i + 1)
+        for (i = home((uint32_t) key, t->cap); t->values[i] != value; i = i + 1 == t->cap ? 0 : i + 1)
                 if (t->values[i] == TABLE_EMPTY)
                         return false;
 
@@ -119,10 +120,9 @@ size_t table_bytes(const Table *t) {
         return (size_t) t->cap * (sizeof(uint32_t) + 1);
 }
 
-void table_iter_init(const Table *t, uint32_t key, TableIter *it) {
+void table_iter_init(const Table *t, uint64_t key, TableIter *it) {
         *it = (TableIter) {
-                .pos = t->cap ? home(key, t->cap) : 0,
-                .key = key,
+                .pos = t->cap ? home((uint32_t) key, t->cap) : 0,
                 .fp = fingerprint(key),
         };
 }
@@ -145,12 +145,12 @@ uint32_t table_iter_next(const Table *t, TableIter *it) {
         }
 }
 
-void table_prefetch(const Table *t, uint32_t key) {
+void table_prefetch(const Table *t, uint64_t key) {
         uint32_t i;
 
         if (t->cap == 0)
                 return;
-        i = home(key, t->cap);
+        i = home((uint32_t) key, t->cap);
         __builtin_prefetch(&t->values[i]);
         __builtin_prefetch(&t->fps[i]);
 }

@@ -98,6 +98,38 @@ START_TEST(test_table_collisions) {
 }
 END_TEST
 
+/* Entries with one home and different fingerprints (key bits 32-39): a
+ * lookup meets only its own, after the table grew around them and after
+ * deletions shifted them back. */
+START_TEST(test_table_fingerprints) {
+        const uint32_t low = 0x12345678u;
+        Table t = {};
+        TableIter it;
+        uint32_t v;
+
+        for (uint32_t i = 0; i < 4096; i++)
+                keys[i] = low;
+        for (uint32_t i = 0; i < 4096; i++)
+                ck_assert_int_eq(table_insert(&t, (uint64_t) (i % 255 + 1) << 32 | low, i, key_of, NULL), 0);
+        for (uint32_t i = 0; i < 4096; i += 2)
+                ck_assert(table_remove(&t, (uint64_t) (i % 255 + 1) << 32 | low, i, key_of, NULL));
+        for (uint64_t fp = 1; fp <= 255; fp++) {
+                uint32_t seen = 0, want = 0;
+
+                for (uint32_t i = 1; i < 4096; i += 2)
+                        want += i % 255 + 1 == fp;
+                table_iter_init(&t, fp << 32 | low, &it);
+                while ((v = table_iter_next(&t, &it)) != TABLE_EMPTY) {
+                        ck_assert_uint_eq(v % 255 + 1, fp);
+                        ck_assert_uint_eq(v % 2, 1);
+                        seen++;
+                }
+                ck_assert_uint_eq(seen, want);
+        }
+        table_clear(&t);
+}
+END_TEST
+
 /* --- merging --- */
 
 START_TEST(test_merge_two_vms) {
@@ -375,6 +407,61 @@ START_TEST(test_hashed_stale) {
         scan_all(2);
         ck_assert_uint_eq(S.pages_sharing, 1);
         ck_assert_uint_eq(B.live_canon, 1);
+}
+END_TEST
+
+typedef struct CidHash {
+        uint64_t hash, cid;
+} CidHash;
+
+static int by_low_hash(const void *a, const void *b) {
+        uint32_t x = (uint32_t) ((const CidHash *) a)->hash, y = (uint32_t) ((const CidHash *) b)->hash;
+
+        return x < y ? -1 : x > y;
+}
+
+/* Two contents whose hashes agree in their low 32 bits (the checksum a
+ * page's slot keeps) and differ in bits 32-39: a birthday search. */
+static void checksum_twins(uint64_t ret_cid[2]) {
+        const uint32_t n = 1u << 18;    /* 8 such pairs expected */
+        uint8_t buf[DEDUP_PAGE_SIZE] __attribute__((aligned(8)));
+        CidHash *h = malloc(n * sizeof(CidHash));
+        bool zero;
+
+        ck_assert_ptr_nonnull(h);
+        for (uint32_t i = 0; i < n; i++) {
+                content_fill(1000 + i, buf);
+                h[i] = (CidHash) { .hash = dedup_engine_hash(B.e, buf, &zero), .cid = 1000 + i };
+        }
+        qsort(h, n, sizeof(CidHash), by_low_hash);
+        for (uint32_t i = 1; i < n; i++)
+                if ((uint32_t) h[i].hash == (uint32_t) h[i - 1].hash &&
+                    (uint8_t) (h[i].hash >> 32) != (uint8_t) (h[i - 1].hash >> 32)) {
+                        ret_cid[0] = h[i - 1].cid, ret_cid[1] = h[i].cid;
+                        free(h);
+                        return;
+                }
+        free(h);
+        ck_abort_msg("no checksum twins among %u contents", n);
+}
+
+/* Scanning by hash, the unstable tree matches pages on 40 bits of their
+ * hash, not on the 32-bit checksum alone: a checksum collision costs no
+ * merge (it would merge one page alone and abort the other). */
+START_TEST(test_checksum_collision) {
+        uint64_t cid[2];
+
+        setup_vms(2, 1, NULL);
+        B.hashed = true;
+        dedup_engine_set_merge_verifies(B.e, true);
+        checksum_twins(cid);
+        B.cid[0] = cid[0], B.cid[1] = cid[1];
+        scan_all(3);
+        ck_assert_uint_eq(S.merge_aborts, 0);
+        ck_assert_uint_eq(S.pages_shared, 0);
+        ck_assert_uint_eq(B.ops_merge, 0);
+        ck_assert_uint_eq(B.live_canon, 0);
+        ck_assert_uint_eq(S.pages_unshared, 2);
 }
 END_TEST
 
@@ -778,6 +865,7 @@ int main(void) {
         const CheckCase cases[] = {
                 { "hash_avx2_matches", test_hash_avx2_matches, 10 },
                 { "table_collisions", test_table_collisions, 10 },
+                { "table_fingerprints", test_table_fingerprints, 10 },
                 { "merge_two_vms", test_merge_two_vms, 10 },
                 { "filter_after_first_sight", test_filter_after_first_sight, 10 },
                 { "stable_hit_first_sight", test_stable_hit_first_sight, 10 },
@@ -789,6 +877,7 @@ int main(void) {
                 { "unstable_sized_from_first_scan", test_unstable_sized_from_first_scan, 10 },
                 { "hashed_same_as_pages", test_hashed_same_as_pages, 10 },
                 { "hashed_stale", test_hashed_stale, 10 },
+                { "checksum_collision", test_checksum_collision, 10 },
                 { "zero_pages", test_zero_pages, 10 },
                 { "groups_isolated", test_groups_isolated, 10 },
                 { "chain_at_limit", test_chain_at_limit, 10 },
