@@ -138,7 +138,6 @@ read_ceiling() {
 # here depends on where its pages are (see read-ceiling.c), and this is
 # what the guests' scan is up against.
 guest_ceiling() {
-        files=""
         for p in $SIMS_PIDS; do # a guest's memfd may be open more than once
                 for f in /proc/"$p"/fd/*; do
                         case $(readlink "$f") in /memfd:guest-sim:*) echo "$(command stat -L -c %i "$f") $f" ;; esac
