@@ -143,6 +143,7 @@ struct DedupEngine {
         /* regions sorted by first page id */
         Region *regions;
         uint32_t n_regions, cap_regions;
+        uint32_t region_hint;           /* of the last engine_region(): a cache */
         Vm *vms;
         uint32_t n_vms;
 

@@ -144,9 +144,15 @@ unsigned dedup_engine_get_chain_prune_ms(const DedupEngine *e) {
 
 /* lookups */
 
+/* A scan asks about every page of a region in turn, several times each: the
+ * last region found is tried first (a binary search each time was 2% of a
+ * scan of unique memory). The hint is a cache, not state: written through
+ * a const engine. */
 Region *engine_region(const DedupEngine *e, dedup_page_t page) {
-        uint32_t lo = 0, hi = e->n_regions;
+        uint32_t lo = 0, hi = e->n_regions, h = e->region_hint;
 
+        if (h < hi && page - e->regions[h].first < e->regions[h].npages)
+                return &e->regions[h];
         while (lo < hi) {
                 uint32_t mid = lo + (hi - lo) / 2;
                 Region *r = &e->regions[mid];
@@ -155,8 +161,10 @@ Region *engine_region(const DedupEngine *e, dedup_page_t page) {
                         hi = mid;
                 else if (page - r->first >= r->npages)
                         lo = mid + 1;
-                else
+                else {
+                        ((DedupEngine *) e)->region_hint = mid;
                         return r;
+                }
         }
         return NULL;
 }
