@@ -520,45 +520,35 @@ static bool mark_equal(const ScanMark *a, const ScanMark *b) {
                a->aborts == b->aborts && a->pending == b->pending && a->regions == b->regions;
 }
 
-static bool page_unmerged(Manager *m, dedup_page_t page) {
+/* Protecting: pages not merged (nor being merged) and read as data by a
+ * scan. A page never read as data (NEW) was a hole when the cursor passed
+ * it: protecting holes would allocate page tables for all of guest RAM, and
+ * a hole a guest fills is seen anyway, by the settling scan (a page first
+ * seen is a change) or, once idle, in the memfd's allocated blocks. Asking
+ * the engine, not the memfd, where data is: SEEK_DATA/SEEK_HOLE walked the
+ * page cache, a third of what settling cost on dense memory.
+ * Unprotecting: NEW pages too, whatever happened to them since. */
+static bool page_to_protect(Manager *m, dedup_page_t page, bool wp) {
         enum dedup_page_state st = dedup_engine_page_state(m->engine, page);
 
-        return st == DEDUP_PAGE_NEW || st == DEDUP_PAGE_VOLATILE || st == DEDUP_PAGE_UNSTABLE;
+        return st == DEDUP_PAGE_VOLATILE || st == DEDUP_PAGE_UNSTABLE || (!wp && st == DEDUP_PAGE_NEW);
 }
 
-/* Write-protect (wp) or unprotect the pages of reg that hold data in the
- * memfd and are not merged (nor being merged), one ioctl per run. */
+/* Write-protect (wp) or unprotect the pages of reg that page_to_protect(),
+ * one ioctl per run. */
 static int protect_region(Manager *m, VmRegion *reg, bool wp) {
-        const uint64_t start = reg->memfd_offset, end = start + (uint64_t) reg->npages * DEDUP_PAGE_SIZE;
-        uint64_t pos = start;
+        for (uint64_t p = 0; p < reg->npages;) {
+                uint64_t q = p;
 
-        while (pos < end) {
-                off_t d = lseek(reg->memfd, (off_t) pos, SEEK_DATA), h;
-
-                if (d < 0 && errno == ENXIO)
-                        break;          /* holes up to EOF */
-                if (d < 0)
-                        return negative_errno();
-                if ((uint64_t) d >= end)
-                        break;
-                h = lseek(reg->memfd, d, SEEK_HOLE);
-                if (h < 0)
-                        return negative_errno();
-                pos = MIN(ALIGN_TO((uint64_t) h, (uint64_t) DEDUP_PAGE_SIZE), end);
-                for (uint64_t p = (uint64_t) d & ~(uint64_t) (DEDUP_PAGE_SIZE - 1); p < pos;) {
-                        dedup_page_t page = reg->first + (dedup_page_t) ((p - start) / DEDUP_PAGE_SIZE);
-                        uint64_t q = p;
-                        int r;
-
-                        for (; q < pos && page_unmerged(m, page); page++)
-                                q += DEDUP_PAGE_SIZE;
-                        if (q > p) {
-                                r = uffd_writeprotect(reg->uffd, reg->hva + (p - start), q - p, wp, true);
-                                if (r < 0)
-                                        return r;
-                        }
-                        p = q + DEDUP_PAGE_SIZE;
+                while (q < reg->npages && page_to_protect(m, reg->first + (dedup_page_t) q, wp))
+                        q++;
+                if (q > p) {
+                        int r = uffd_writeprotect(reg->uffd, reg->hva + p * DEDUP_PAGE_SIZE,
+                                                  (q - p) * DEDUP_PAGE_SIZE, wp, true);
+                        if (r < 0)
+                                return r;
                 }
+                p = q + 1;
         }
         return 0;
 }
