@@ -136,8 +136,11 @@ read_ceiling() {
 # guest_ceiling: read_ceiling over the memfds of the simulators started by
 # start_sims, read where they are (/proc/PID/fd): how fast memory reads
 # here depends on where its pages are (see read-ceiling.c), and this is
-# what the guests' scan is up against.
+# what the guests' scan is up against. Called with dedupd running, which
+# first stops scanning (Run=0): a scan or settling on the other CPU would
+# share the memory bandwidth and lower the ceiling.
 guest_ceiling() {
+        "$top_builddir/daemon/dedupctl" --address="$BUS_ADDRESS" set Run 0 >/dev/null
         for p in $SIMS_PIDS; do # a guest's memfd may be open more than once
                 for f in /proc/"$p"/fd/*; do
                         case $(readlink "$f") in /memfd:guest-sim:*) echo "$(command stat -L -c %i "$f") $f" ;; esac
